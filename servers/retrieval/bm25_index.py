@@ -144,15 +144,15 @@ class Bm25Index:
         q = [t for t in q if t in vocab]
         if not q:
             return []
-        mask = None
+        scores = self._retriever.get_scores(q)
         if allowed is not None:
             rows = [self._row[i] for i in allowed if i in self._row]
             if not rows:
                 return []
-            mask = np.zeros(len(self._ids), dtype=np.float32)
-            mask[rows] = 1.0
+            mask = np.zeros(len(self._ids), dtype=bool)
+            mask[rows] = True
+            scores = np.where(mask, scores, 0.0)
         k = min(k, len(self._ids))
-        docs, scores = self._retriever.retrieve(
-            [q], k=k, show_progress=False, weight_mask=mask, n_threads=1, return_as="tuple"
-        )
-        return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))]  # by score, ties by row: deterministic
+        return [(self._ids[int(r)], float(scores[r])) for r in top if scores[r] > 0]

@@ -1,6 +1,6 @@
 """Structure-aware chunking of a :class:`~servers.retrieval.loaders.LoadedDocument`.
 
-Algorithm (``n`` = characters in the document, ``u`` = pieces counted):
+Algorithm:
 
 1. The blocks are grouped into *sections*: a heading opens a new section and
    updates the heading path (a stack of enclosing headings by level). The
@@ -9,23 +9,32 @@ Algorithm (``n`` = characters in the document, ``u`` = pieces counted):
 2. Each block of a section becomes one *unit* if it fits in ``max_tokens``.
    A block that does not fit is split: prose (paragraphs) at sentence
    boundaries (spaCy's rule-based sentencizer), lists / code / tables at line
-   boundaries; a piece that still does not fit is cut into word windows, and
-   a single word that does not fit into character windows.
+   boundaries; a piece that still does not fit is cut into windows of whole
+   words, and a single word that does not fit into character windows. Windows
+   hold at most ``max_tokens - overlap_tokens`` so the overlap fits before them.
 3. Units of one section are packed greedily into chunks while the estimated
-   token count fits; every chunk is then measured with ``count_tokens`` and
-   shrunk if the estimate was optimistic, so each chunk is guaranteed to be
-   ``<= max_tokens``.
+   token count (sum of the units' counts) fits; every chunk of more than one
+   unit is then measured with ``count_tokens`` and shrunk if the estimate was
+   optimistic (e.g. byte-level BPE pays for the joins), so each chunk is
+   guaranteed to be ``<= max_tokens``.
 4. When a section needs several chunks, each next chunk starts with the last
-   sentences (or, inside a word-windowed sentence, the last words) of the
-   previous chunk totalling ``<= overlap_tokens``.
+   sentences (lines, for lists / code / tables; the last words, inside a
+   word-windowed sentence) of the previous chunk totalling
+   ``<= overlap_tokens``, and never with the whole previous chunk. Overlap
+   never crosses a heading.
 
 Every chunk's ``text`` equals ``doc.text[start_char:end_char]``: chunks are
 contiguous slices of the document text, so the offsets can be used to
 highlight or re-read the source.
 
-``count_tokens`` is called once per block, once per sentence of over-long
-blocks, a few times per window of over-long sentences (binary search), and
-once per chunk to verify: ``O(u)`` calls over ``O(n)`` characters overall.
+Cost: ``count_tokens`` is called once per block (skipped for a block with
+more words than ``max_tokens``, which cannot fit), once per sentence or line
+of over-long blocks, a few times per window (galloping search seeded with the
+previous window's size), and once per multi-unit chunk. Text is thus
+tokenised about twice in total; a ~300-word abstract is chunked in a few ms,
+most of it in the tokenizer. The first call loads spaCy (about a second):
+call :func:`split_sentences` once at start-up to pay that early.
+
 The output is deterministic for a given document, counter and settings.
 """
 
@@ -45,6 +54,9 @@ __all__ = ["Chunk", "chunk_document", "split_sentences"]
 
 _WORD_RE = re.compile(r"\S+")
 _PROSE_KINDS = frozenset({"paragraph"})
+# No real tokenizer averages more characters per token than this; text longer than
+# max_tokens * this is split without being counted whole first.
+_MAX_CHARS_PER_TOKEN = 64
 
 
 class Chunk(BaseModel):
@@ -87,17 +99,42 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+_SEGMENT_CHARS = 100_000
+
+
+def _segments(text: str) -> list[tuple[int, int]]:
+    """Cut very long text into pieces of about ``_SEGMENT_CHARS`` at whitespace (bounded memory)."""
+    if len(text) <= _SEGMENT_CHARS:
+        return [(0, len(text))]
+    out, start = [], 0
+    while len(text) - start > _SEGMENT_CHARS:
+        cut = start + _SEGMENT_CHARS
+        nl = text.rfind("\n", start + _SEGMENT_CHARS // 2, cut)
+        if nl < 0:
+            nl = text.rfind(" ", start + _SEGMENT_CHARS // 2, cut)
+        cut = nl + 1 if nl >= 0 else cut
+        out.append((start, cut))
+        start = cut
+    out.append((start, len(text)))
+    return out
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Return ``(start, end)`` character spans of the sentences of ``text``.
 
-    Spans are stripped of surrounding whitespace; empty ones are dropped.
+    Uses spaCy's rule-based sentencizer (loaded once, on first use). Spans are
+    stripped of surrounding whitespace; empty ones are dropped. Text longer
+    than 100,000 characters is sentencized in whitespace-aligned segments.
     """
-    spans = []
     nlp = _sentencizer()
-    for sent in nlp.get_pipe("sentencizer")(nlp.make_doc(text)).sents:
-        start, end = _strip_span(text, sent.start_char, sent.end_char)
-        if start < end:
-            spans.append((start, end))
+    sentencizer = nlp.get_pipe("sentencizer")
+    spans = []
+    for seg_start, seg_end in _segments(text):
+        segment = text[seg_start:seg_end]
+        for sent in sentencizer(nlp.make_doc(segment)).sents:
+            start, end = _strip_span(segment, sent.start_char, sent.end_char)
+            if start < end:
+                spans.append((seg_start + start, seg_start + end))
     return spans
 
 
@@ -151,6 +188,11 @@ class _Chunker:
 
     # -- measuring ---------------------------------------------------------
 
+    @staticmethod
+    def may_fit(n_chars: int, limit: int) -> bool:
+        """False when ``n_chars`` characters certainly exceed ``limit`` tokens (saves a count)."""
+        return n_chars <= limit * _MAX_CHARS_PER_TOKEN
+
     def measure(self, start: int, end: int) -> int:
         return self.count(self.text[start:end])
 
@@ -163,7 +205,7 @@ class _Chunker:
         end = start + len(block.text)
         # Every word costs at least one token: a block with more words than max_tokens cannot
         # fit, so skip counting it whole (saves one tokenisation pass over long paragraphs).
-        if _count_words(block.text, self.max + 1) <= self.max:
+        if self.may_fit(end - start, self.max) and _count_words(block.text, self.max + 1) <= self.max:
             tokens = self.measure(start, end)
             if tokens <= self.max:
                 return [_Unit(start, end, tokens, block.page, block.kind)]
@@ -172,7 +214,7 @@ class _Chunker:
         units: list[_Unit] = []
         for s, e in _split_lines(block.text):
             s, e = start + s, start + e
-            t = self.measure(s, e)
+            t = self.measure(s, e) if self.may_fit(e - s, self.max) else self.max + 1
             if t <= self.max:
                 units.append(_Unit(s, e, t, block.page, "line"))
             elif block.kind == "list":
@@ -185,27 +227,62 @@ class _Chunker:
         units: list[_Unit] = []
         for s, e in split_sentences(self.text[start:end]):
             s, e = start + s, start + e
-            t = self.measure(s, e)
+            t = self.measure(s, e) if self.may_fit(e - s, self.max) else self.max + 1
             if t <= self.max:
                 units.append(_Unit(s, e, t, page, "sentence"))
             else:
                 units.extend(self.split_words(s, e, page))
         return units
 
-    def _largest_fit(self, bounds: list[tuple[int, int]], i: int, hi: int, limit: int) -> tuple[int, int]:
-        """Largest ``j`` in ``(i, hi]`` with ``bounds[i:j]`` fitting ``limit``; returns ``(j, tokens)``.
+    @staticmethod
+    def _gallop(fits: Callable[[int], bool], cap: int, guess: int) -> int:
+        """Largest ``k`` in ``[0, cap]`` with ``fits(k)`` (``fits(0)`` is taken as true).
 
-        ``j == i`` means not even ``bounds[i]`` alone fits. Binary search: ``O(log(hi - i))`` counts.
+        ``fits`` must be monotone (true up to some ``k``, false after). Gallops
+        from ``guess`` (the previous window's size) and then bisects, so windows
+        of similar size cost a handful of calls: ``O(log distance)``.
         """
-        lo, best, best_tokens = i + 1, i, 0
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            t = self.measure(bounds[i][0], bounds[mid - 1][1])
-            if t <= limit:
-                best, best_tokens, lo = mid, t, mid + 1
+        if cap <= 0:
+            return 0
+        good, bad = 0, cap + 1  # fits(good) is true; fits(bad) is false (or bad is past cap)
+        probe = min(cap, max(1, guess))
+        step = max(1, guess // 16)
+        if fits(probe):
+            good = probe
+            while good < cap:
+                probe = min(cap, good + step)
+                if fits(probe):
+                    good, step = probe, step * 2
+                else:
+                    bad = probe
+                    break
+        else:
+            bad = probe
+            while bad - good > 1:
+                probe = max(good + 1, bad - step)
+                if fits(probe):
+                    good = probe
+                    break
+                bad, step = probe, step * 2
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if fits(mid):
+                good = mid
             else:
-                hi = mid - 1
-        return best, best_tokens
+                bad = mid
+        return good
+
+    def _fit_counter(self, limit: int) -> tuple[Callable[[int, int], bool], dict[tuple[int, int], int]]:
+        """A memoising ``fits(start, end)`` test against ``limit``, and its memo."""
+        memo: dict[tuple[int, int], int] = {}
+
+        def fits(start: int, end: int) -> bool:
+            key = (start, end)
+            if key not in memo:
+                memo[key] = self.measure(start, end)
+            return memo[key] <= limit
+
+        return fits, memo
 
     @property
     def window_limit(self) -> int:
@@ -213,37 +290,45 @@ class _Chunker:
         return self.max - self.overlap
 
     def split_words(self, start: int, end: int, page: int | None) -> list[_Unit]:
+        """Cut one over-long sentence into windows of whole words."""
         words = [(m.start(), m.end()) for m in _WORD_RE.finditer(self.text, start, end)]
         limit = self.window_limit
+        fits, memo = self._fit_counter(limit)
         units: list[_Unit] = []
-        i = 0
+        i, guess = 0, limit
         while i < len(words):
-            # Each word costs at least one token, so a window never holds more than `limit` words.
-            j, t = self._largest_fit(words, i, min(len(words), i + limit), limit)
-            if j == i:
+            k = 0
+            if self.may_fit(words[i][1] - words[i][0], limit):
+                # Each word costs at least one token, so a window never holds more than `limit` words.
+                cap = min(len(words) - i, limit)
+                k = self._gallop(lambda k, i=i: fits(words[i][0], words[i + k - 1][1]), cap, guess)
+            if k == 0:  # one word alone is too long (e.g. base64): character windows
                 units.extend(self.split_chars(words[i][0], words[i][1], page))
                 i += 1
-            else:
-                units.append(_Unit(words[i][0], words[j - 1][1], t, page, "window"))
-                i = j
+                continue
+            s, e = words[i][0], words[i + k - 1][1]
+            units.append(_Unit(s, e, memo[(s, e)], page, "window"))
+            i, guess = i + k, k
         return units
 
     def split_chars(self, start: int, end: int, page: int | None) -> list[_Unit]:
-        chars = [(k, k + 1) for k in range(start, end)]
+        """Cut one over-long word into character windows."""
         units: list[_Unit] = []
-        i = 0
-        while i < len(chars):
-            j, t = self._largest_fit(chars, i, len(chars), self.window_limit)
-            if j == i:  # no room for overlap: use the whole budget
-                j, t = self._largest_fit(chars, i, len(chars), self.max)
-            if j == i:
-                raise InvalidInput(
-                    f"max_tokens={self.max} is too small: a single character counts as "
-                    f"{self.measure(chars[i][0], chars[i][1])} tokens"
-                )
-            units.append(_Unit(chars[i][0], chars[j - 1][1], t, page, "window"))
-            i = j
-        return units
+        i, guess = start, self.window_limit
+        for limit in (self.window_limit, self.max):  # no room for the overlap: use the whole budget
+            fits, memo = self._fit_counter(limit)
+            while i < end:
+                cap = min(end - i, limit * _MAX_CHARS_PER_TOKEN)
+                k = self._gallop(lambda k, i=i, fits=fits: fits(i, i + k), cap, guess)
+                if k == 0:
+                    break
+                units.append(_Unit(i, i + k, memo[(i, i + k)], page, "window"))
+                i, guess = i + k, k
+            if i >= end:
+                return units
+        raise InvalidInput(
+            f"max_tokens={self.max} is too small: a single character counts as {self.measure(i, i + 1)} tokens"
+        )
 
     # -- overlap -----------------------------------------------------------
 
@@ -252,7 +337,7 @@ class _Chunker:
         if unit.tail_cache is not None:
             return unit.tail_cache
         pieces: list[_Unit]
-        if unit.kind in ("sentence", "line", "window", "heading"):
+        if unit.kind in ("sentence", "line", "window"):
             pieces = [unit]
         elif unit.kind in _PROSE_KINDS:
             spans = split_sentences(self.text[unit.start : unit.end])
@@ -285,7 +370,7 @@ class _Chunker:
             pieces = self.tail_pieces(members[m_index])
             for p_index in range(len(pieces) - 1, -1, -1):
                 if m_index == 0 and p_index == 0:
-                    return self._word_tail(taken, members[0]) if not taken else taken
+                    return taken or self._word_tail([], members[0])
                 piece = pieces[p_index]
                 if piece.tokens < 0:
                     piece.tokens = self.measure(piece.start, piece.end)
@@ -406,8 +491,8 @@ def chunk_document(
     Raises:
         InvalidInput: bad limits, or blocks that do not match ``doc.text``.
 
-    Complexity: ``O(n log w)`` characters tokenised, where ``w`` is the number
-    of words of the longest over-long sentence (usually ``O(n)``).
+    Complexity: about ``2 n`` characters tokenised for ``n`` characters of
+    prose; ``O(n log w)`` for sentences cut into windows of ``w`` words.
     """
     if max_tokens < 1:
         raise InvalidInput(f"max_tokens must be >= 1, got {max_tokens}")
@@ -420,7 +505,7 @@ def chunk_document(
             return []
         start, end = _strip_span(doc.text, 0, len(doc.text))
         blocks = [Block(kind="paragraph", text=doc.text[start:end])]
-        doc = doc.model_copy(update={"text": doc.text[start:end], "blocks": blocks})
+        doc = doc.model_copy(update={"blocks": blocks})
 
     chunker = _Chunker(doc.text, count_tokens, max_tokens, overlap_tokens)
     offsets = _block_offsets(doc)

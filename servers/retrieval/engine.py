@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import gc
 import hashlib
 import json
 import logging
@@ -80,6 +81,7 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DOC_BATCH = 512          # documents per ingest transaction
 _CHROMA_BATCH = 2000      # rows per Chroma call (below its max batch size)
 _MAX_QUERY_CHARS = 4000
+_CHUNK_ID_RE = re.compile(r"^(.+)#[0-9a-f]{12}-\d+$")  # f"{doc_id}#{doc_hash[:12]}-{position}"
 _MAX_CANDIDATES = 2000
 
 
@@ -93,7 +95,10 @@ def _sha256(text: str) -> str:
 
 def index_text(text: str, meta: dict[str, Any]) -> str:
     """The string that is embedded and BM25-indexed for a chunk: title, heading path, text."""
-    head = " > ".join(p for p in (meta.get("title") or "", meta.get("heading_path") or "") if p)
+    title, path = meta.get("title") or "", meta.get("heading_path") or ""
+    if title and path.split(" > ")[0] == title:  # a Markdown H1 is usually the title too
+        title = ""
+    head = " > ".join(p for p in (title, path) if p)
     return f"{head}\n{text}" if head else text
 
 
@@ -311,7 +316,16 @@ class RetrievalEngine:
     def warm_up(self) -> None:
         """Load the embedding model and run it once, so the first search does not pay for it."""
         try:
-            self.embedder.embed(["warm up"])
+            chunking.split_sentences("Warm up. Load the sentencizer.")
+            vector = self.embedder.embed(["warm up"])
+            for info in self.list_collections():  # load each HNSW index and BM25 matrix now, not on a search
+                if info.chunks:
+                    self._collection(info.name).query(query_embeddings=vector, n_results=1, include=[])
+                    self._bm25_for(info.name).search("warm up", 1)
+            # Everything loaded so far lives as long as the process: move it out of the cyclic GC's
+            # reach, so full collections stop scanning it (they caused 100-200 ms search stalls).
+            gc.collect()
+            gc.freeze()
         except GuardragError as exc:  # reported again, clearly, on the first call that needs it
             log.warning("embedder not ready: %s", exc.message)
 
@@ -548,9 +562,10 @@ class RetrievalEngine:
             if old and old[0] == doc.doc_hash:
                 outcomes.append(DocumentOutcome(doc_id=doc.doc_id, source=doc.source, status="unchanged", chunks=len(old[1])))
                 continue
+            budget = self.rs.chunk_tokens - 2 - _prefix_tokens(doc.doc, count_tokens)
             pieces = chunking.chunk_document(
-                doc.doc, count_tokens=count_tokens, max_tokens=self.rs.chunk_tokens - 2,
-                overlap_tokens=self.rs.chunk_overlap,
+                doc.doc, count_tokens=count_tokens, max_tokens=budget,
+                overlap_tokens=min(self.rs.chunk_overlap, budget // 4),
             )
             if not pieces:
                 outcomes.append(DocumentOutcome(doc_id=doc.doc_id, source=doc.source, status="failed", reason="no text"))
@@ -664,21 +679,16 @@ class RetrievalEngine:
         timings: dict[str, float] = {}
 
         vec: list[tuple[str, float]] = []
-        rows: dict[str, dict[str, Any]] = {}
         if mode in ("hybrid", "vector"):
             t = time.perf_counter()
             qvec = self.embedder.embed([query])
             timings["embed"] = _ms(t)
             t = time.perf_counter()
             try:
-                res = col.query(query_embeddings=qvec, n_results=pool, where=where,
-                                include=["documents", "metadatas", "distances"])
+                res = col.query(query_embeddings=qvec, n_results=pool, where=where, include=["distances"])
             except Exception as exc:  # Chroma rejects what its validator let through (rare)
                 raise InvalidInput(f"Chroma rejected the query: {exc}") from exc
-            for chunk_id, doc, meta, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0],
-                                                 res["distances"][0], strict=True):
-                vec.append((chunk_id, 1.0 - float(dist)))
-                rows[chunk_id] = {"documents": doc, "metadatas": meta}
+            vec = [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
             timings["vector"] = _ms(t)
         bm: list[tuple[str, float]] = []
         if mode in ("hybrid", "bm25"):
@@ -697,29 +707,44 @@ class RetrievalEngine:
                 ranks.setdefault(chunk_id, {})[leg] = LegHit(rank=rank, score=round(score, 6))
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (kk + rank)
         order = sorted(fused, key=lambda i: (-fused[i], i))
-        missing = [i for i in order if i not in rows]
-        if missing:
-            rows.update(self._get_rows(col, missing, ["documents", "metadatas"]))
-            order = [i for i in order if i in rows]  # a chunk deleted between the legs drops out
         if unique_documents:
+            doc_of = self._doc_ids(col, order)
             seen: set[str] = set()
-            order = [i for i in order if not (rows[i]["metadatas"]["doc_id"] in seen or seen.add(rows[i]["metadatas"]["doc_id"]))]
+            order = [i for i in order if i in doc_of and not (doc_of[i] in seen or seen.add(doc_of[i]))]
         if mmr and order:
-            order = self._mmr(col, order[: max(depth * 4, 50)], fused, mmr_lambda) + order[max(depth * 4, 50):]
-        timings["fuse"] = _ms(t)
+            head = max(depth * 4, 50)
+            order = self._mmr(col, order[:head], fused, mmr_lambda) + order[head:]
         page = order[offset:depth]
+        rows = self._get_rows(col, page, ["documents", "metadatas"])
+        timings["fuse"] = _ms(t)
         hits = [
             SearchHit(
                 **self._chunk(collection, i, rows[i]).model_dump(),
                 score=round(fused[i], 8), vector=ranks[i].get("vector"), bm25=ranks[i].get("bm25"),
             )
             for i in page
+            if i in rows  # a chunk deleted between the legs and now drops out
         ]
         timings["total"] = _ms(t0)
         return SearchResult(
             collection=collection, query=query, mode=mode, hits=hits, total_candidates=len(order),
             next_cursor=_encode_cursor(depth) if depth < len(order) else None, timings_ms=timings,
         )
+
+    def _doc_ids(self, col, chunk_ids: list[str]) -> dict[str, str]:
+        """chunk id -> doc id: parsed from guardrag's ids, read from metadata for anyone else's."""
+        out: dict[str, str] = {}
+        unknown: list[str] = []
+        for chunk_id in chunk_ids:
+            m = _CHUNK_ID_RE.match(chunk_id)
+            if m:
+                out[chunk_id] = m.group(1)
+            else:
+                unknown.append(chunk_id)
+        if unknown:
+            for chunk_id, row in self._get_rows(col, unknown, ["metadatas"]).items():
+                out[chunk_id] = (row["metadatas"] or {}).get("doc_id", chunk_id)
+        return out
 
     def _mmr(self, col, ids: list[str], rel: dict[str, float], lam: float) -> list[str]:
         """Maximal marginal relevance over the fused list (cosine between chunk vectors)."""
@@ -836,6 +861,24 @@ class RetrievalEngine:
             embedder={"model": emb.model_id, "dim": emb.dim, "onnx_sha256": emb.model_sha256},
             settings=self.rs.model_dump(mode="json"), repairs=self.repairs,
         )
+
+
+def _prefix_tokens(doc: loaders.LoadedDocument, count_tokens: Callable[[str], int], cap: int = 48) -> int:
+    """Tokens to reserve for the title / heading-path prefix that :func:`index_text` puts before a chunk.
+
+    The embedder reads at most 256 tokens, so the chunk budget shrinks by the longest prefix in the
+    document (capped: a prefix longer than ``cap`` costs the vector a few trailing words, not BM25)."""
+    stack: list[tuple[int, str]] = []
+    longest = ""
+    for block in doc.blocks:
+        if block.kind == "heading":
+            while stack and stack[-1][0] >= block.level:
+                stack.pop()
+            stack.append((block.level, block.text))
+            path = " > ".join(text for _, text in stack)
+            longest = max(longest, path, key=len)
+    prefix = index_text("", {"title": doc.title or "", "heading_path": longest})
+    return min(cap, count_tokens(prefix)) if prefix.strip() else 0
 
 
 def _ms(t: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -81,9 +82,7 @@ def _make_bpe_counter() -> Counter:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.train_from_iterator(
         _train_corpus(),
-        trainers.BpeTrainer(
-            vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        ),
+        trainers.BpeTrainer(vocab_size=500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
     )
     return lambda text: len(tok.encode(text).ids)
 
@@ -244,7 +243,7 @@ def test_sentence_without_punctuation_is_split_into_word_windows(counter: Counte
     _check_invariants(doc, chunks, counter, 50)
     _check_coverage(doc, chunks)
     # Windows overlap by trailing words.
-    assert any(b.start_char < a.end_char for a, b in zip(chunks, chunks[1:]))
+    assert any(b.start_char < a.end_char for a, b in itertools.pairwise(chunks))
 
 
 def test_giant_word_is_split_into_character_windows(bpe_counter: Counter) -> None:
@@ -258,7 +257,7 @@ def test_giant_word_is_split_into_character_windows(bpe_counter: Counter) -> Non
 
 
 def _overlaps(chunks: list[Chunk]) -> list[tuple[Chunk, Chunk]]:
-    return [(a, b) for a, b in zip(chunks, chunks[1:]) if b.start_char < a.end_char]
+    return [(a, b) for a, b in itertools.pairwise(chunks) if b.start_char < a.end_char]
 
 
 def test_overlap_repeats_last_sentences_within_budget(counter: Counter) -> None:
@@ -270,6 +269,9 @@ def test_overlap_repeats_last_sentences_within_budget(counter: Counter) -> None:
     para = doc.blocks[1]
     offset = doc.text.index(para.text)
     sentence_starts = {offset + s for s, _ in split_sentences(para.text)}
+    sentence_ends = {offset + e for _, e in split_sentences(para.text)}
+    # The long paragraph is cut at sentence boundaries only.
+    assert all(c.end_char in sentence_ends for c in chunks if c.heading_path == ["Abstract"])
     for a, b in pairs:
         repeated = doc.text[b.start_char : a.end_char]
         assert a.text.endswith(repeated) and b.text.startswith(repeated)
@@ -311,7 +313,7 @@ def test_deterministic(wordpiece_counter: Counter) -> None:
 def test_document_with_text_but_no_blocks() -> None:
     doc = LoadedDocument(text="  hello there.  ", title=None, format="text", blocks=[])
     chunks = chunk_document(doc, count_tokens=_whitespace_counter)
-    assert [c.text for c in chunks] == ["hello there."]
+    assert [(c.text, c.start_char, c.end_char) for c in chunks] == [("hello there.", 2, 14)]
 
 
 def test_blocks_not_matching_text_are_rejected() -> None:

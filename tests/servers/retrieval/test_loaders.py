@@ -109,6 +109,14 @@ def test_markdown_edge_cases() -> None:
     assert doc.title == "Real Title"  # the first H1 wins over an earlier H2
 
 
+def test_markdown_front_matter_is_dropped_and_gives_the_title() -> None:
+    doc = parse_text('---\ntitle: "Front Title"\ntags: [a, b]\n---\n\n## Section\n\nBody text.', format="md")
+    assert doc.title == "Front Title"
+    assert doc.text == "Section\n\nBody text."
+    # A thematic break at the top is not front matter.
+    assert parse_text("---\n\nJust text.", format="md").text == "Just text."
+
+
 def test_markdown_title_falls_back_to_first_heading_then_none() -> None:
     assert parse_text("### Small\n\nbody", format="markdown").title == "Small"
     assert parse_text("just a paragraph", format="markdown").title is None
@@ -266,7 +274,7 @@ def test_pdf_without_text_is_rejected(tmp_path: Path) -> None:
     pdf.rect(10, 10, 50, 50)
     f = tmp_path / "scan.pdf"
     pdf.output(str(f))
-    with pytest.raises(InvalidInput, match="no extractable text.*scanned image PDF"):
+    with pytest.raises(InvalidInput, match=r"no extractable text.*scanned image PDF"):
         load_file(f, max_bytes=MB)
 
 
