@@ -62,6 +62,8 @@ class Bm25Index:
         self._row: dict[str, int] = {}
         self._retriever: bm25s.BM25 | None = None
         self._stamp: tuple[int, int] | None = None
+        self.generation: str | None = None
+        """The write (journal transaction id) this index reflects; matches the collection's marker."""
 
     # -- persistence -------------------------------------------------------------------------
     def load(self) -> Bm25Index:
@@ -73,6 +75,7 @@ class Bm25Index:
             if data.get("format") != _FORMAT:
                 raise ValueError(f"unsupported BM25 index format in {self.path}")
             self._tokens = dict(zip(data["ids"], data["tokens"], strict=True))
+            self.generation = data.get("generation")
         self._stamp = self._file_stamp()
         self._rebuild()
         return self
@@ -81,7 +84,7 @@ class Bm25Index:
         """Write atomically: a crash leaves either the old file or the new one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ids = sorted(self._tokens)
-        data = {"format": _FORMAT, "fingerprint": fingerprint(ids), "ids": ids, "tokens": [self._tokens[i] for i in ids]}
+        data = {"format": _FORMAT, "fingerprint": fingerprint(ids), "generation": self.generation, "ids": ids, "tokens": [self._tokens[i] for i in ids]}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".bm25-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:

@@ -211,6 +211,7 @@ class RetrievalEngine:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         self._bm25: dict[str, Bm25Index] = {}
         self._collections: dict[str, Any] = {}
+        self._checked: dict[str, float] = {}
         self._lock = threading.RLock()
         self.repairs: list[str] = self.recover() if recover else []
 
@@ -288,11 +289,40 @@ class RetrievalEngine:
         return col
 
     def _bm25_for(self, name: str) -> Bm25Index:
+        """The collection's BM25 index, reloaded when another process on this data dir rewrote it."""
         idx = self._bm25.get(name)
         if idx is None or idx.stale():
             idx = Bm25Index(self.state_dir / "bm25" / f"{name}.json.gz").load()
             self._bm25[name] = idx
         return idx
+
+    def _fresh_bm25(self, name: str, col) -> Bm25Index:
+        """BM25 for a search: in Chroma server mode, first catch up with writes made by other instances.
+
+        Every committed write stamps the Chroma collection with a generation marker; an instance that
+        sees a marker its BM25 index does not carry re-syncs BM25 from Chroma (checked at most once a
+        second, so searches stay cheap)."""
+        with self._lock:
+            idx = self._bm25_for(name)
+            if not self.settings.chroma_url:
+                return idx
+            now = time.monotonic()
+            if now - self._checked.get(name, 0.0) < 1.0:
+                return idx
+            self._checked[name] = now
+        marker = (self._client.get_collection(name).metadata or {}).get("guardrag_gen")
+        if marker and marker != idx.generation:
+            with self._write_lock():
+                self._sync_bm25(name, generation=marker)
+            idx = self._bm25_for(name)
+        return idx
+
+    def _commit(self, col, idx: Bm25Index, txn: _Txn) -> None:
+        """Finish a write: save BM25 under the new generation, stamp the collection, drop the journal."""
+        idx.generation = txn.id
+        idx.save()
+        col.modify(metadata={**(col.metadata or {}), "guardrag_gen": txn.id})
+        self._journal_done(txn)
 
     def _all_ids(self, col) -> set[str]:
         ids: set[str] = set()
@@ -338,9 +368,11 @@ class RetrievalEngine:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(self.journal_dir)
 
     def _journal_done(self, txn: _Txn) -> None:
         (self.journal_dir / f"{txn.id}.json").unlink(missing_ok=True)
+        _fsync_dir(self.journal_dir)
 
     def _delete_ids(self, col, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _CHROMA_BATCH):
@@ -350,8 +382,8 @@ class RetrievalEngine:
         """Replay unfinished transactions, then make BM25 match Chroma. Returns what was repaired."""
         repairs: list[str] = []
         with self._write_lock():
-            for path in sorted(self.journal_dir.glob("*.tmp")):
-                path.unlink(missing_ok=True)
+            for path in [*self.journal_dir.glob("*.tmp"), *(self.state_dir / "bm25").glob(".bm25-*.tmp")]:
+                path.unlink(missing_ok=True)  # half-written files of a crashed write; the originals are intact
             for path in sorted(self.journal_dir.glob("*.json")):
                 try:
                     txn = _Txn(**json.loads(path.read_text()))
@@ -380,17 +412,22 @@ class RetrievalEngine:
             log.warning("repair: %s", line)
         return repairs
 
-    def _sync_bm25(self, name: str) -> str | None:
+    def _sync_bm25(self, name: str, generation: str | None = None) -> str | None:
+        """Make BM25 hold exactly Chroma's chunk ids (adds and removes only the difference)."""
         col = self._collection(name)
         chroma_ids = self._all_ids(col)
         idx = self._bm25_for(name)
         bm25_ids = idx.ids
         if chroma_ids == bm25_ids:
+            if generation and idx.generation != generation:
+                idx.generation = generation
+                idx.save()
             return None
         missing = sorted(chroma_ids - bm25_ids)
         extra = bm25_ids - chroma_ids
         rows = self._get_rows(col, missing, ["documents", "metadatas"])
         idx.apply(add={i: index_text(r["documents"], r["metadatas"] or {}) for i, r in rows.items()}, remove=extra)
+        idx.generation = generation or (col.metadata or {}).get("guardrag_gen")
         idx.save()
         return f"re-synced BM25 with Chroma (+{len(missing)} / -{len(extra)} chunks)"
 
@@ -603,8 +640,7 @@ class RetrievalEngine:
             self._delete_ids(col, old_ids)
         idx = self._bm25_for(collection)
         idx.apply(add=dict(zip(ids, index_texts, strict=True)), remove=old_ids)
-        idx.save()
-        self._journal_done(txn)
+        self._commit(col, idx, txn)
         return len(ids), len(old_ids), outcomes
 
     def _embed_with_progress(self, texts, progress, done_before, n_docs, total) -> np.ndarray:
@@ -632,8 +668,7 @@ class RetrievalEngine:
             self._delete_ids(col, ids)
             idx = self._bm25_for(collection)
             idx.apply(remove=ids)
-            idx.save()
-            self._journal_done(txn)
+            self._commit(col, idx, txn)
         return DeleteResult(collection=collection, doc_id=doc_id, chunks_deleted=len(ids))
 
     # ---------------------------------------------------------------- search
@@ -694,9 +729,7 @@ class RetrievalEngine:
         if mode in ("hybrid", "bm25"):
             t = time.perf_counter()
             allowed = set(col.get(where=where, include=[])["ids"]) if where else None
-            with self._lock:
-                idx = self._bm25_for(collection)
-            bm = idx.search(query, pool, allowed)
+            bm = self._fresh_bm25(collection, col).search(query, pool, allowed)
             timings["bm25"] = _ms(t)
 
         t = time.perf_counter()
@@ -848,8 +881,7 @@ class RetrievalEngine:
         for name in names:
             col = self._collection(name)
             ids = self._all_ids(col)
-            with self._lock:
-                idx = self._bm25_for(name)
+            idx = self._fresh_bm25(name, col)
             chunks += len(ids)
             bm25 += len(idx)
             in_sync &= fingerprint(ids) == fingerprint(idx.ids)
@@ -879,6 +911,16 @@ def _prefix_tokens(doc: loaders.LoadedDocument, count_tokens: Callable[[str], in
             longest = max(longest, path, key=len)
     prefix = index_text("", {"title": doc.title or "", "heading_path": longest})
     return min(cap, count_tokens(prefix)) if prefix.strip() else 0
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (matters after a power loss, not a kill)."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _ms(t: float) -> float:

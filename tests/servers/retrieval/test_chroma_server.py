@@ -194,6 +194,26 @@ def test_a_new_data_dir_rebuilds_bm25_from_the_server(kb, tmp_path, model_dir, e
     assert fresh.search(KB, "ZX-9931", k=1, mode="bm25").hits[0].provenance.doc_id == "kb-004"
 
 
+def test_two_instances_on_one_chroma_server_see_each_others_writes(tmp_path, model_dir, embedder, chroma_server):
+    """Replicas behind a load balancer share one Chroma server but not a data dir: BM25 must follow."""
+    coll = "kbase-replicas"
+    a = RetrievalEngine(Settings(data_dir=tmp_path / "a", model_dir=model_dir, chroma_url=chroma_server.url),
+                        embedder=embedder)
+    b = RetrievalEngine(Settings(data_dir=tmp_path / "b", model_dir=model_dir, chroma_url=chroma_server.url),
+                        embedder=embedder)
+    a.ingest_texts(coll, [TextItem(text="The ORCHID-1 valve needs a torque of 40 Nm.", doc_id="d1")])
+    hits = b.search(coll, "ORCHID-1", k=3, mode="bm25").hits
+    assert [h.provenance.doc_id for h in hits] == ["d1"]
+    assert b.stats(coll).in_sync
+    b.ingest_texts(coll, [TextItem(text="The LOTUS-2 pump runs at 1450 rpm.", doc_id="d2")])
+    time.sleep(1.1)  # instances re-check the collection's generation marker at most once a second
+    assert [h.provenance.doc_id for h in a.search(coll, "LOTUS-2", k=3, mode="bm25").hits] == ["d2"]
+    a.delete_document(coll, "d1")
+    time.sleep(1.1)
+    assert b.search(coll, "ORCHID-1", k=3, mode="bm25").hits == []
+    assert a.stats(coll).in_sync and b.stats(coll).in_sync
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path, model_dir):
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(Unavailable, match=f"cannot open Chroma at {url}"):
