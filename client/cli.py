@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import core  # noqa: F401  (offline switches)
-from client.connect import ToolCallError, call, connect
+from client.connect import call, connect
 from core.errors import GuardragError
 from core.settings import get_settings
 
@@ -31,6 +31,30 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error[/]: {exc}")
     raise typer.Exit(1)
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    """Run an async MCP conversation; a tool or guardrag error becomes a clean exit 1 with its message.
+
+    The MCP client runs in task groups, which wrap errors in exception groups: unwrap them."""
+    try:
+        return anyio.run(fn, *args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised below unless it is ours
+        found = _find_ours(exc)
+        if found is None:
+            raise
+        _fail(found)
+
+
+def _find_ours(exc: BaseException) -> GuardragError | None:
+    if isinstance(exc, GuardragError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_ours(inner)
+            if found is not None:
+                return found
+    return None
 
 
 @models_app.command("status")
@@ -104,10 +128,7 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the structured results.")] = False,
 ) -> None:
     """Ingest files or directories through the retrieval server, with a progress bar."""
-    try:
-        results = anyio.run(_ingest, paths, collection)
-    except (ToolCallError, GuardragError) as exc:
-        _fail(exc)
+    results = _run(_ingest, paths, collection)
     if as_json:
         out.print_json(json.dumps(results))
         return
@@ -157,10 +178,7 @@ def search(
             _fail(ValueError(f"--filter is not valid JSON: {exc}"))
     if collection:
         args["collection"] = collection
-    try:
-        result = anyio.run(_search, query, args)
-    except (ToolCallError, GuardragError) as exc:
-        _fail(exc)
+    result = _run(_search, query, args)
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -193,10 +211,7 @@ def demo(
     if not model_status(settings.model_dir).installed:
         _fail(GuardragError("the embedding model is not installed; run `guardrag models install` first."))
     env = {"GUARDRAG_RETRIEVAL__ROOTS": json.dumps([str(EXAMPLES)])}
-    try:
-        anyio.run(_demo, query, env)
-    except (ToolCallError, GuardragError) as exc:
-        _fail(exc)
+    _run(_demo, query, env)
 
 
 if __name__ == "__main__":

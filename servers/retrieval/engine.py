@@ -477,7 +477,7 @@ class RetrievalEngine:
         meta = check_metadata(metadata)
         target, root = self._resolve_in_roots(path)
         if target.is_dir():
-            files = self._walk(target, recursive, include, exclude)
+            files = self._walk(target, root, recursive, include, exclude)
             if not files:
                 raise InvalidInput(
                     f"no supported files under {target} (supported: {', '.join(sorted(loaders.SUPPORTED_SUFFIXES))}; "
@@ -531,12 +531,12 @@ class RetrievalEngine:
             "GUARDRAG_RETRIEVAL__ROOTS (JSON list) or the [retrieval] roots setting to allow it."
         )
 
-    def _walk(self, top: Path, recursive: bool, include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
+    def _walk(self, top: Path, root: Path, recursive: bool, include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
         pattern = "**/*" if recursive else "*"
         files = []
         for file in sorted(top.glob(pattern)):
-            if not file.is_file() or file.is_symlink():
-                continue
+            if not file.is_file() or file.is_symlink() or not file.resolve().is_relative_to(root):
+                continue  # symlinks (to files, or via linked directories) could lead outside the roots
             rel = file.relative_to(top).as_posix()
             if any(part.startswith(".") for part in file.relative_to(top).parts):
                 continue
@@ -861,7 +861,7 @@ class RetrievalEngine:
         full = {"$and": [first, where]} if where else first
         total = len(col.get(where=full, include=[])["ids"])
         got = col.get(where=full, include=["metadatas"], limit=limit, offset=offset)
-        docs = sorted((self._doc_info(collection, m) for m in got["metadatas"]), key=lambda d: d.doc_id)
+        docs = [self._doc_info(collection, m) for m in got["metadatas"]]
         end = offset + len(docs)
         return DocumentPage(collection=collection, documents=docs, total=total,
                             next_cursor=_encode_cursor(end) if end < total else None)

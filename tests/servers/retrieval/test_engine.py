@@ -202,6 +202,12 @@ def test_ingest_path_files_dirs_and_bad_files(kb, roots: Path, tmp_path: Path):
         kb.ingest_path(C, roots / "link.md")
     with pytest.raises(InvalidInput, match="binary"):
         kb.ingest_path(C, roots / "guide" / "bin.txt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "private.md").write_text("# Private\n\nsalary table")
+    (roots / "guide" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    relinked = kb.ingest_path(C, roots / "guide")
+    assert relinked.unchanged == 3 and all("private" not in d.source for d in relinked.documents)
     big = roots / "big.txt"
     with open(big, "wb") as fh:  # a real 50 MB file
         fh.write(b"a" * (50 * 1024 * 1024))
