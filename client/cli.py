@@ -138,6 +138,18 @@ def ingest(
                 console.print(f"[yellow]skipped[/] {doc['source']}: {doc['reason']}")
 
 
+def _snippet(text: str, query: str, width: int = 220) -> str:
+    """About ``width`` characters of ``text``, starting a little before the first query word it contains."""
+    text = " ".join(text.split())
+    lower = text.lower()
+    hits = [lower.find(w) for w in query.lower().split() if len(w) > 2 and lower.find(w) >= 0]
+    start = max(0, min(hits) - 60) if hits and min(hits) + 40 > width else 0
+    if start:
+        start = text.find(" ", start) + 1
+    body = text[start : start + width]
+    return ("..." if start else "") + body + ("..." if start + width < len(text) else "")
+
+
 def _hits_table(result: dict[str, Any]) -> Table:
     title = f"{result['mode']} search {result['query']!r} ({result['timings_ms'].get('total', 0):.1f} ms in the server)"
     table = Table(title=title, show_lines=True, expand=True)
@@ -150,8 +162,7 @@ def _hits_table(result: dict[str, Any]) -> Table:
         prov = hit["provenance"]
         legs = "/".join(str(hit[leg]["rank"]) if hit.get(leg) else "-" for leg in ("vector", "bm25"))
         place = " > ".join([prov["source"], *prov["heading_path"]])
-        text = " ".join(hit["text"].split())
-        table.add_row(str(n), f"{hit['score']:.4f}", legs, place, text[:220] + ("..." if len(text) > 220 else ""))
+        table.add_row(str(n), f"{hit['score']:.4f}", legs, place, _snippet(hit["text"], result["query"]))
     return table
 
 

@@ -351,7 +351,9 @@ class RetrievalEngine:
             for info in self.list_collections():  # load each HNSW index and BM25 matrix now, not on a search
                 if info.chunks:
                     self._collection(info.name).query(query_embeddings=vector, n_results=1, include=[])
-                    self._bm25_for(info.name).search("warm up", 1)
+                    with self._lock:
+                        idx = self._bm25_for(info.name)
+                    idx.search("warm up", 1)
             # Everything loaded so far lives as long as the process: move it out of the cyclic GC's
             # reach, so full collections stop scanning it (they caused 100-200 ms search stalls).
             gc.collect()

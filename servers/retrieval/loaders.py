@@ -18,6 +18,7 @@ says what is wrong and what to do about it.
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 import unicodedata
@@ -167,51 +168,6 @@ def _parse_plain(text: str) -> LoadedDocument:
 
 # --------------------------------------------------------------------------- markdown
 
-_FENCE_RE = re.compile(r"^( {0,3})(`{3,}|~{3,})(.*)$")
-_ATX_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
-_ATX_CLOSE_RE = re.compile(r"(?:^|[ \t]+)#+[ \t]*$")
-_SETEXT_RE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_HR_RE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_LIST_ITEM_RE = re.compile(r"^[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)")
-_TABLE_SEP_RE = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_QUOTE_RE = re.compile(r"^ {0,3}> ?")
-_INDENTED_RE = re.compile(r"^(?: {4}|\t)")
-_HTML_COMMENT_RE = re.compile(r"<!--.*?-->", re.S)
-
-_MD_IMAGE_RE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_MD_LINK_RE = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_MD_REFLINK_RE = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-_MD_AUTOLINK_RE = re.compile(r"<((?:https?|ftp|mailto):[^>\s]+)>")
-_MD_CODE_RE = re.compile(r"(`+)(.+?)\1")
-_MD_STRONG_RE = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-_MD_EM_RE = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])|(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])")
-_MD_LINKDEF_RE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+.*$")
-
-
-def _md_inline(text: str) -> str:
-    """Strip the most common inline Markdown markup, keeping the words."""
-    if not any(ch in text for ch in "[]<`*_"):
-        return text
-    text = _MD_IMAGE_RE.sub(r"\1", text)
-    text = _MD_LINK_RE.sub(r"\1", text)
-    text = _MD_REFLINK_RE.sub(r"\1", text)
-    text = _MD_AUTOLINK_RE.sub(r"\1", text)
-    text = _MD_CODE_RE.sub(lambda m: m.group(2).strip(), text)
-    text = _MD_STRONG_RE.sub(r"\2", text)
-    text = _MD_EM_RE.sub(lambda m: m.group(1) or m.group(2), text)
-    return text
-
-
-def _split_table_row(line: str) -> list[str]:
-    row = line.strip()
-    if row.startswith("|"):
-        row = row[1:]
-    if row.endswith("|") and not row.endswith("\\|"):
-        row = row[:-1]
-    cells = re.split(r"(?<!\\)\|", row)
-    return [_md_inline(c.strip().replace("\\|", "|")) for c in cells]
-
-
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
 _FRONT_TITLE_RE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.M)
 
@@ -226,137 +182,133 @@ def _front_matter(text: str) -> tuple[str, str | None]:
     return text[m.end() :], title or None
 
 
+@functools.cache
+def _markdown_parser():
+    from markdown_it import MarkdownIt
+
+    # CommonMark plus GFM tables ("gfm-like" would also need the optional linkify-it-py).
+    # markdown-it's default nesting limit (20) silently drops everything nested deeper, and the
+    # rest of the enclosing block with it; Python's recursion limit is the guard instead (see
+    # _parse_markdown).
+    return MarkdownIt("commonmark", {"maxNesting": 100_000}).enable("table")
+
+
+def _md_inline(children) -> str:
+    """Plain words of an ``inline`` token: markup, raw HTML and link targets are dropped."""
+    parts: list[str] = []
+    for tok in children or ():
+        if tok.type in ("text", "text_special", "code_inline"):
+            parts.append(tok.content)
+        elif tok.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif tok.type == "image":  # keep the alt text
+            parts.append(_md_inline(tok.children))
+    return "".join(parts).strip()
+
+
+class _ListItem:
+    __slots__ = ("prefix", "texts")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # indentation and marker, e.g. "  1. "
+        self.texts: list[str] = []  # text not yet written out as a line
+
+
+def _markdown_blocks(text: str) -> list[Block]:
+    """Walk markdown-it's token stream and turn it into blocks.
+
+    A list (with its sub-lists) becomes one ``list`` block, one line per item:
+    the item's marker as written, indented two spaces per nesting level, then
+    the item's text. Code and tables inside a list item end the list block
+    and become blocks of their own; the list resumes after them.
+    """
+    tokens = _markdown_parser().parse(text)
+    blocks: list[Block] = []
+    list_lines: list[str] = []
+    items: list[_ListItem] = []  # open list items, innermost last
+
+    def write_item(item: _ListItem) -> None:
+        if item.texts:
+            list_lines.append(item.prefix + " ".join(item.texts))
+            item.texts.clear()
+            item.prefix = " " * len(item.prefix)  # more text of the item (after a sub-list) continues it
+
+    def flush_list() -> None:
+        for item in items:
+            write_item(item)
+        if list_lines:
+            blocks.append(Block(kind="list", text="\n".join(list_lines)))
+            list_lines.clear()
+
+    def add_text(kind: BlockKind, text: str, level: int = 0) -> None:
+        if not items:
+            blocks.append(Block(kind=kind, text=text, level=level))
+        elif text:
+            items[-1].texts.append(text)
+
+    def add_block(block: Block) -> None:
+        flush_list()
+        blocks.append(block)
+
+    i, n = 0, len(tokens)
+    while i < n:
+        tok = tokens[i]
+        kind = tok.type
+        if kind == "inline":  # the content of a heading or paragraph
+            prev = tokens[i - 1]
+            if prev.type == "heading_open":
+                add_text("heading", _md_inline(tok.children), int(prev.tag[1:]))
+            else:
+                add_text("paragraph", _md_inline(tok.children))
+        elif kind in ("bullet_list_open", "ordered_list_open"):
+            for item in items:  # a parent item's text comes before its sub-items
+                write_item(item)
+        elif kind == "list_item_open":
+            # Ordered items carry their number in ``info`` and "." or ")" in ``markup``.
+            items.append(_ListItem("  " * len(items) + tok.info + tok.markup + " "))
+        elif kind == "list_item_close":
+            write_item(items.pop())
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            if not items:
+                flush_list()
+        elif kind in ("fence", "code_block"):
+            add_block(Block(kind="code", text=tok.content))
+        elif kind == "table_open":
+            rows: list[str] = []
+            cells: list[str] = []
+            while i < n and tokens[i].type != "table_close":
+                cell = tokens[i]
+                if cell.type == "tr_open":
+                    cells = []
+                elif cell.type == "inline":
+                    cells.append(_md_inline(cell.children))
+                elif cell.type == "tr_close":
+                    while cells and not cells[-1]:  # incl. the empty cells markdown-it pads short rows with
+                        cells.pop()
+                    if cells:
+                        rows.append(" | ".join(cells))
+                i += 1
+            add_block(Block(kind="table", text="\n".join(rows)))
+        elif kind == "html_block":
+            # Raw HTML: keep its words (comments, scripts etc. go), structured like an HTML file.
+            for block in _parse_html(tok.content).blocks:
+                if block.kind in ("heading", "paragraph"):
+                    add_text(block.kind, block.text, block.level)
+                else:
+                    add_block(block)
+        # Everything else (hr, blockquote and paragraph wrappers, closing tokens) carries no text.
+        i += 1
+    flush_list()
+    return blocks
+
+
 def _parse_markdown(text: str) -> LoadedDocument:
     text, front_title = _front_matter(text)
-    text = _HTML_COMMENT_RE.sub("", text)
-    lines = text.split("\n")
-    blocks: list[Block] = []
-    para: list[str] = []
-
-    def flush_para() -> None:
-        if para:
-            joined = " ".join(line.strip() for line in para)
-            blocks.append(Block(kind="paragraph", text=_md_inline(joined)))
-            para.clear()
-
-    i, n = 0, len(lines)
-    while i < n:
-        line = lines[i]
-        stripped = line.strip()
-
-        if not stripped:
-            flush_para()
-            i += 1
-            continue
-
-        fence = _FENCE_RE.match(line)
-        if fence and not (fence.group(2)[0] == "`" and "`" in fence.group(3)):
-            flush_para()
-            marker = fence.group(2)
-            indent = len(fence.group(1))
-            body: list[str] = []
-            i += 1
-            while i < n:
-                close = lines[i].strip()
-                if close.startswith(marker[0] * len(marker)) and not close.strip(marker[0]):
-                    i += 1
-                    break
-                cur = lines[i]
-                # Remove up to the opening fence's indentation, as CommonMark does.
-                body.append(cur[min(indent, len(cur) - len(cur.lstrip(" "))) :])
-                i += 1
-            blocks.append(Block(kind="code", text="\n".join(body)))
-            continue
-
-        atx = _ATX_RE.match(line)
-        if atx:
-            flush_para()
-            content = _ATX_CLOSE_RE.sub("", atx.group(2) or "").strip()
-            blocks.append(Block(kind="heading", level=len(atx.group(1)), text=_md_inline(content)))
-            i += 1
-            continue
-
-        if para and _SETEXT_RE.match(line):
-            level = 1 if stripped.startswith("=") else 2
-            heading = " ".join(p.strip() for p in para)
-            para.clear()
-            blocks.append(Block(kind="heading", level=level, text=_md_inline(heading)))
-            i += 1
-            continue
-
-        if _HR_RE.match(line):
-            flush_para()
-            i += 1
-            continue
-
-        nxt = lines[i + 1] if i + 1 < n else ""
-        if "|" in line and "|" in nxt and "-" in nxt and _TABLE_SEP_RE.match(nxt):
-            flush_para()
-            rows = [" | ".join(_split_table_row(line))]
-            i += 2
-            while i < n and lines[i].strip() and "|" in lines[i]:
-                rows.append(" | ".join(_split_table_row(lines[i])))
-                i += 1
-            blocks.append(Block(kind="table", text="\n".join(rows)))
-            continue
-
-        if _LIST_ITEM_RE.match(line):
-            flush_para()
-            items: list[str] = []
-            while i < n:
-                cur = lines[i]
-                if not cur.strip():
-                    # A blank line continues the list only if more list content follows.
-                    j = i + 1
-                    while j < n and not lines[j].strip():
-                        j += 1
-                    if j < n and (_LIST_ITEM_RE.match(lines[j]) or _INDENTED_RE.match(lines[j])):
-                        i = j
-                        continue
-                    break
-                if _LIST_ITEM_RE.match(cur):
-                    items.append(cur.rstrip())
-                elif _INDENTED_RE.match(cur) or not (
-                    _ATX_RE.match(cur) or _FENCE_RE.match(cur) or _HR_RE.match(cur) or _QUOTE_RE.match(cur)
-                ):
-                    # Continuation (indented or lazy) of the previous item.
-                    items[-1] = items[-1] + " " + cur.strip()
-                else:
-                    break
-                i += 1
-            item_text = "\n".join(_md_inline(it) for it in items)
-            blocks.append(Block(kind="list", text=textwrap.dedent(item_text)))
-            continue
-
-        if _QUOTE_RE.match(line):
-            flush_para()
-            quoted: list[str] = []
-            while i < n and lines[i].strip() and _QUOTE_RE.match(lines[i]):
-                quoted.append(_QUOTE_RE.sub("", lines[i]).strip())
-                i += 1
-            # A quote may hold several paragraphs, separated by an empty "> " line.
-            for part in "\n".join(quoted).split("\n\n"):
-                joined = " ".join(x for x in part.split("\n") if x)
-                if joined:
-                    blocks.append(Block(kind="paragraph", text=_md_inline(joined)))
-            continue
-
-        if not para and _INDENTED_RE.match(line):
-            body = []
-            while i < n and (not lines[i].strip() or _INDENTED_RE.match(lines[i])):
-                body.append(lines[i][4:] if lines[i].startswith("    ") else lines[i][1:])
-                i += 1
-            blocks.append(Block(kind="code", text="\n".join(body)))
-            continue
-
-        if _MD_LINKDEF_RE.match(line) and not para:
-            i += 1
-            continue
-
-        para.append(line)
-        i += 1
-
-    flush_para()
+    try:
+        blocks = _markdown_blocks(text)
+    except RecursionError:
+        # Hundreds of nested quotes / lists / brackets: keep the words, as plain-text paragraphs.
+        blocks = _paragraphs(text)
     doc = _build(blocks, "markdown", front_title)
     if not doc.title:
         doc = doc.model_copy(update={"title": _first_heading_title(doc.blocks)})

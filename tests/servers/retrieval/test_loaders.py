@@ -122,6 +122,105 @@ def test_markdown_title_falls_back_to_first_heading_then_none() -> None:
     assert parse_text("just a paragraph", format="markdown").title is None
 
 
+def _md_blocks(source: str) -> list[tuple[str, int, str]]:
+    doc = parse_text(source, format="md")
+    _assert_text_is_joined_blocks(doc)
+    return [(b.kind, b.level, b.text) for b in doc.blocks]
+
+
+def test_markdown_nested_lists_are_one_block_indented_by_depth() -> None:
+    src = "- a\n  - b\n    1. c\n    2) d\n- e\n\n  more about e\n\nafter"
+    assert _md_blocks(src) == [
+        ("list", 0, "- a\n  - b\n    1. c\n    2) d\n- e more about e"),
+        ("paragraph", 0, "after"),
+    ]
+
+
+def test_markdown_heading_with_inline_code_links_and_images() -> None:
+    doc = parse_text("Intro.\n\n## Use `run()` with [the API](https://x.invalid/api) ![logo](l.png) ##\n", format="md")
+    assert [(b.kind, b.level, b.text) for b in doc.blocks] == [
+        ("paragraph", 0, "Intro."),
+        ("heading", 2, "Use run() with the API logo"),
+    ]
+    assert doc.title == "Use run() with the API logo"
+    assert "x.invalid" not in doc.text and "l.png" not in doc.text
+
+
+def test_markdown_fences_keep_hash_lines_and_inner_fences_verbatim() -> None:
+    src = "````markdown\n# not a heading\n```\ninner fence\n```\n````\n\n~~~\n## also not\n   indented\n~~~\n"
+    doc = parse_text(src, format="md")
+    assert [(b.kind, b.text) for b in doc.blocks] == [
+        ("code", "# not a heading\n```\ninner fence\n```"),
+        ("code", "## also not\n   indented"),
+    ]
+    assert doc.title is None
+
+
+def test_markdown_setext_headings_span_lines_and_strip_markup() -> None:
+    doc = parse_text("Big\nTitle\n===\n\nSmall *one*\n---\n\nbody\n", format="md")
+    assert [(b.kind, b.level, b.text) for b in doc.blocks] == [
+        ("heading", 1, "Big Title"),
+        ("heading", 2, "Small one"),
+        ("paragraph", 0, "body"),
+    ]
+    assert doc.title == "Big Title"
+
+
+def test_markdown_table_cells_are_plain_text() -> None:
+    src = (
+        "| Name | `code` | Link |\n|:-----|:---:|---:|\n"
+        "| **bold** | `a \\| b` | [site](https://x.invalid) |\n| only one |\n|  |  |  |\n"
+    )
+    assert _md_blocks(src) == [("table", 0, "Name | code | Link\nbold | a | b | site\nonly one")]
+
+
+def test_markdown_inline_html_entities_escapes_and_references() -> None:
+    src = "a <b>bold</b> &amp; \\*not em\\* [ref][r] and [dangling][nope]\n\n[r]: https://x.invalid\n"
+    assert _md_blocks(src) == [("paragraph", 0, "a bold & *not em* ref and [dangling][nope]")]
+
+
+def test_markdown_html_blocks_keep_words_and_drop_comments() -> None:
+    src = (
+        "<!--\nhidden: comment\n-->\n"
+        '<h1 align="center">Project</h1>\n<p align="center"><strong>Tagline</strong> here</p>\n\n'
+        "```html\n<!-- kept in code -->\n```\n"
+    )
+    doc = parse_text(src, format="md")
+    assert [(b.kind, b.level, b.text) for b in doc.blocks] == [
+        ("heading", 1, "Project"),
+        ("paragraph", 0, "Tagline here"),
+        ("code", 0, "<!-- kept in code -->"),
+    ]
+    assert doc.title == "Project" and "hidden" not in doc.text
+
+
+def test_markdown_code_inside_a_list_item_is_its_own_block() -> None:
+    src = "1. Install:\n\n   ```sh\n   pip install x\n   ```\n2. Run it.\n"
+    assert _md_blocks(src) == [
+        ("list", 0, "1. Install:"),
+        ("code", 0, "pip install x"),
+        ("list", 0, "2. Run it."),
+    ]
+
+
+def test_markdown_quotes_follow_commonmark() -> None:
+    # Lazy continuation lines stay in the quote's paragraph; a quote can hold any block.
+    assert _md_blocks("> a\nb\n\n> - x\n> - y\n") == [("paragraph", 0, "a b"), ("list", 0, "- x\n- y")]
+
+
+@pytest.mark.parametrize("depth", [30, 5000])
+def test_markdown_deep_nesting_loses_no_text(depth: int) -> None:
+    for src in (
+        ">" * depth + " deep\n\nafter",
+        "".join("  " * k + f"- l{k}\n" for k in range(min(depth, 400))) + "\nafter",
+        "[" * depth + "deep" + "](u)" * depth + "\n\nafter",
+    ):
+        doc = parse_text(src, format="md")
+        assert "deep" in doc.text or f"l{min(depth, 400) - 1}" in doc.text
+        assert doc.text.endswith("after")
+        _assert_text_is_joined_blocks(doc)
+
+
 # --------------------------------------------------------------------------- html
 
 
