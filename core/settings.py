@@ -56,7 +56,12 @@ class RetrievalSettings(BaseModel):
         return [Path(r).expanduser().resolve() for r in roots]
 
     def allowed_roots(self) -> list[Path]:
-        return self.roots or [Path.cwd().resolve()]
+        """The configured roots, else the working directory, unless that is the filesystem root
+        (as it is for servers some IDEs launch): then none, until roots are configured."""
+        if self.roots:
+            return self.roots
+        cwd = Path.cwd().resolve()
+        return [] if cwd == Path(cwd.anchor) else [cwd]
 
 
 class Settings(BaseSettings):

@@ -522,6 +522,11 @@ class RetrievalEngine:
             raise InvalidInput("path is empty or contains NUL bytes.")
         target = Path(raw).expanduser()
         roots = self.rs.allowed_roots()
+        if not roots:
+            raise InvalidInput(
+                "no ingest roots are configured and the working directory is the filesystem root; set "
+                "GUARDRAG_RETRIEVAL__ROOTS (a JSON list of directories) or [retrieval] roots in guardrag.toml."
+            )
         if not target.is_absolute():
             target = roots[0] / target
         target = target.resolve()

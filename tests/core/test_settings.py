@@ -46,3 +46,10 @@ def test_invalid_values_are_rejected_with_the_field_name(clean_env, monkeypatch)
     monkeypatch.setenv("GUARDRAG_RETRIEVAL__CHUNK_TOKENS", "4096")
     with pytest.raises(ValidationError, match="chunk_tokens"):
         Settings()
+
+
+def test_filesystem_root_is_never_an_implicit_ingest_root(clean_env, monkeypatch):
+    monkeypatch.chdir("/")
+    assert Settings().retrieval.allowed_roots() == []
+    monkeypatch.setenv("GUARDRAG_RETRIEVAL__ROOTS", '["/srv/docs"]')
+    assert Settings().retrieval.allowed_roots() == [Path("/srv/docs")]

@@ -218,6 +218,13 @@ def test_ingest_path_files_dirs_and_bad_files(kb, roots: Path, tmp_path: Path):
     assert snapshot(kb, C) == now
 
 
+def test_no_roots_at_the_filesystem_root_refuses_every_path(kb, monkeypatch):
+    kb.rs.roots = []
+    monkeypatch.chdir("/")
+    with pytest.raises(InvalidInput, match="no ingest roots are configured"):
+        kb.ingest_path(C, "/etc/hostname")
+
+
 def test_recovery_rolls_back_interrupted_add(settings, embedder, kb):
     """A journal left in the 'adding' phase (crash mid-upsert) is rolled back at start-up."""
     col = kb._collection(C)
