@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
+import itertools
 import hashlib
 import json
 import logging
@@ -461,7 +462,7 @@ class RetrievalEngine:
                 raise InvalidInput(f"doc_id {doc_id!r} appears twice in one call.")
             seen.add(doc_id)
             prepared.append(self._prepared(doc_id, item.source or doc_id, doc, meta))
-        return self._ingest(collection, prepared, [], progress)
+        return self._ingest(collection, prepared, len(prepared), progress)
 
     def ingest_path(
         self,
@@ -490,23 +491,25 @@ class RetrievalEngine:
         else:
             raise InvalidInput(f"{target} does not exist or is not a regular file or directory.")
         max_bytes = int(self.rs.max_file_mb * 1024 * 1024)
-        prepared: list[_Prepared] = []
-        failures: list[DocumentOutcome] = []
-        for n, file in enumerate(files):
-            source = file.relative_to(root).as_posix()
-            try:
-                doc = loaders.load_file(file, max_bytes=max_bytes)
-                if not doc.text.strip():
-                    raise InvalidInput("no text could be extracted")
-            except GuardragError as exc:
-                if len(files) == 1:
-                    raise
-                failures.append(DocumentOutcome(doc_id=source, source=source, status="failed", reason=exc.message))
-                continue
-            prepared.append(self._prepared(source, source, doc, meta))
-            if progress and n % 50 == 0:
-                progress(0, len(files), f"read {n + 1}/{len(files)} files")
-        return self._ingest(collection, prepared, failures, progress)
+        if len(files) == 1:  # one file asked for by name: its problem is the call's error
+            return self._ingest(collection, [self._load(files[0], root, max_bytes, meta)], 1, progress)
+
+        def read() -> Iterator[_Prepared | DocumentOutcome]:  # lazily: a batch of files in memory at a time
+            for file in files:
+                try:
+                    yield self._load(file, root, max_bytes, meta)
+                except GuardragError as exc:
+                    source = file.relative_to(root).as_posix()
+                    yield DocumentOutcome(doc_id=source, source=source, status="failed", reason=exc.message)
+
+        return self._ingest(collection, read(), len(files), progress)
+
+    def _load(self, file: Path, root: Path, max_bytes: int, meta: dict[str, Any]) -> _Prepared:
+        source = file.relative_to(root).as_posix()
+        doc = loaders.load_file(file, max_bytes=max_bytes)
+        if not doc.text.strip():
+            raise InvalidInput(f"{source}: no text could be extracted")
+        return self._prepared(source, source, doc, meta)
 
     def _check_doc_id(self, doc_id: str) -> None:
         if not doc_id or len(doc_id) > 512 or "\x00" in doc_id or any(ord(c) < 32 for c in doc_id):
@@ -556,20 +559,21 @@ class RetrievalEngine:
         return files
 
     def _ingest(
-        self, collection: str, docs: list[_Prepared], failures: list[DocumentOutcome], progress: Progress | None
+        self, collection: str, docs: Iterable[_Prepared | DocumentOutcome], total: int, progress: Progress | None
     ) -> IngestResult:
+        """Write documents in transactions of ``_DOC_BATCH``; outcomes given in ``docs`` pass through."""
         started = time.perf_counter()
         outcomes: list[DocumentOutcome] = []
-        written = deleted = 0
-        total = len(docs)
+        written = deleted = done = 0
+        stream = iter(docs)
         with self._write_lock():
             col = self._collection(collection, create=True)
-            for start in range(0, total, _DOC_BATCH):
-                batch = docs[start : start + _DOC_BATCH]
-                w, d, outs = self._ingest_batch(col, collection, batch, progress, start, total)
-                written, deleted = written + w, deleted + d
+            while batch := list(itertools.islice(stream, _DOC_BATCH)):
+                ready = [d for d in batch if isinstance(d, _Prepared)]
+                outcomes.extend(d for d in batch if isinstance(d, DocumentOutcome))
+                w, d, outs = self._ingest_batch(col, collection, ready, progress, done, total)
+                written, deleted, done = written + w, deleted + d, done + len(batch)
                 outcomes.extend(outs)
-        outcomes.extend(failures)
         count = {s: sum(o.status == s for o in outcomes) for s in ("added", "replaced", "unchanged", "failed")}
         if progress:
             progress(total, total, f"done: {count['added']} added, {count['replaced']} replaced")
@@ -593,6 +597,8 @@ class RetrievalEngine:
         return found
 
     def _ingest_batch(self, col, collection, batch, progress, done_before, total):
+        if not batch:
+            return 0, 0, []
         existing = self._existing(col, [d.doc_id for d in batch])
         outcomes: list[DocumentOutcome] = []
         ids: list[str] = []

@@ -248,3 +248,28 @@ def test_recovery_rebuilds_bm25_from_chroma(settings, embedder, kb):
     assert any("re-synced BM25" in r for r in fresh.repairs)
     assert snapshot(fresh, C) == before
     assert fresh.search(C, "ZX-9931", k=1, mode="bm25").hits[0].provenance.doc_id == "kb-004"
+
+
+def test_directory_ingest_reads_files_a_batch_at_a_time(engine, roots, monkeypatch):
+    """A big tree must not be read into memory whole: files are loaded per transaction."""
+    import servers.retrieval.engine as eng
+
+    for i in range(5):
+        (roots / f"n{i}.txt").write_text(f"Note number {i} about the weekly release train.")
+    (roots / "broken.txt").write_bytes(b"\x00\x01binary")
+    monkeypatch.setattr(eng, "_DOC_BATCH", 2)
+    loads: list[str] = []
+    real_load = eng.loaders.load_file
+    monkeypatch.setattr(eng.loaders, "load_file", lambda path, **kw: loads.append(path.name) or real_load(path, **kw))
+    seen_at_write: list[int] = []
+    real_batch = engine._ingest_batch
+
+    def spy(col, collection, batch, *args):
+        seen_at_write.append(len(loads))
+        return real_batch(col, collection, batch, *args)
+
+    monkeypatch.setattr(engine, "_ingest_batch", spy)
+    res = engine.ingest_path("batched", roots)
+    assert res.added == 5 and res.failed == 1
+    assert seen_at_write == [2, 4, 6]  # three transactions, each after only its own files were read
+    assert engine.stats("batched").in_sync
