@@ -21,6 +21,9 @@ _DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # tldextract (Presidio's e-mail check) fetches the public suffix list unless given no URLs;
+    # it then uses the snapshot bundled with it.
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
 }
 
 

@@ -1,0 +1,1 @@
+"""guardrag guards: Presidio-based scanners for PII and secrets (and injected instructions). No MCP."""

@@ -137,6 +137,10 @@ report["failed_files"] = files.failed
 hit = engine.search("offline", "KESTREL-42 failover", k=1).hits[0]
 report["engine_top"] = hit.provenance.doc_id
 report["engine_in_sync"] = engine.stats("offline").in_sync
+from guards.pii import scan_pii  # Presidio + spaCy + tldextract: known to reach for the network
+
+text = "Write to kim@example.com from 10.1.2.3."
+report["pii"] = sorted(text[f.start:f.end] for f in scan_pii(text).findings)
 
 
 async def via_mcp():
@@ -305,6 +309,7 @@ def test_product_makes_no_outbound_connection(tmp_path, model_dir):
     assert report["added_texts"] == 2 and report["added_files"] == 3 and report["failed_files"] == 0
     assert report["engine_top"] == "runbook" and report["engine_in_sync"]
     assert report["mcp_top"] == "runbook"
+    assert report["pii"] == ["10.1.2.3", "kim@example.com"]
 
     # the audit hook ran in the child and in the MCP server it started, and saw nothing leave
     records = box.hook_records()
