@@ -29,7 +29,7 @@ from guards.pii import analyzer, scan_pii  # noqa: E402
 DEFAULT_PII = ROOT.parent / "shared" / "data" / "pii" / "pii.jsonl"
 DEFAULT_INJECTION = ROOT.parent / "shared" / "data" / "injection" / "injection.jsonl"
 #: Presidio / guardrag entity -> the data set's normalised label
-LABELS = {"PERSON": "PERSON", "LOCATION": "LOCATION", "ORGANIZATION": "ORGANIZATION", "CREDIT_CARD": "CREDIT_CARD",
+LABELS = {"ADDRESS": "ADDRESS", "PERSON": "PERSON", "LOCATION": "LOCATION", "ORGANIZATION": "ORGANIZATION", "CREDIT_CARD": "CREDIT_CARD",
           "PHONE_NUMBER": "PHONE", "TITLE": "TITLE", "DATE_TIME": "DATE_TIME", "NRP": "NRP", "AGE": "AGE",
           "EMAIL_ADDRESS": "EMAIL", "ZIP_CODE": "ZIP_CODE", "URL": "DOMAIN_NAME", "IP_ADDRESS": "IP_ADDRESS",
           "US_SSN": "SSN", "US_DRIVER_LICENSE": "DRIVER_LICENSE", "IBAN_CODE": "IBAN"}

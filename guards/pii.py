@@ -14,6 +14,7 @@ No MCP here. Import cost: the spaCy model loads on the first scan (about 2 s).
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from functools import lru_cache
 from typing import Literal
@@ -82,6 +83,9 @@ def _secret_recognizers():
     ]
 
 
+_CASED = re.DOTALL | re.MULTILINE  # Presidio adds IGNORECASE by default; capitals matter for names
+
+
 def _context_recognizers():
     """Types Presidio misses, found by pattern plus the words around them."""
     from presidio_analyzer import Pattern, PatternRecognizer
@@ -91,12 +95,23 @@ def _context_recognizers():
         PatternRecognizer(supported_entity="CREDIT_CARD", name="guardrag_card_in_context",
                           patterns=[Pattern("digits", r"\b(?:\d[ -]?){11,18}\d\b", 0.1)],
                           context=["card", "credit", "debit", "visa", "mastercard", "amex", "cc"]),
-        PatternRecognizer(supported_entity="TITLE", name="guardrag_title",
+        PatternRecognizer(supported_entity="TITLE", name="guardrag_title", global_regex_flags=_CASED,
                           patterns=[Pattern("title", r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Rev)\.?(?=\s+[A-Z])", 0.6)]),
         PatternRecognizer(supported_entity="AGE", name="guardrag_age",
                           patterns=[Pattern("n years old", r"\b\d{1,3}(?=[- ]years?[- ]old\b)", 0.7),
                                     Pattern("aged n", r"(?<=\baged )\d{1,3}\b", 0.7),
                                     Pattern("age n", r"(?<=\bage )\d{1,3}\b", 0.5)]),
+        # Street addresses: unit designators, US-style "number + name + street type", and (only next to
+        # address words) the European "name + house number" form.
+        PatternRecognizer(supported_entity="ADDRESS", name="guardrag_address", global_regex_flags=_CASED, patterns=[
+            Pattern("unit", r"\b(?i:Apt|Apartment|Suite|Ste|Unit|Flat)\.?\s*#?\d{1,5}[A-Za-z]?\b", 0.6),
+            Pattern("us street", r"\b\d{1,6}\s+(?:[A-Z][\w'.-]*\s+){1,4}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|"
+                                 r"Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Circle|Parkway|Pkwy|Highway|Hwy)"
+                                 r"\b\.?", 0.7),
+            Pattern("name and number", r"\b[A-Z][^\W\d_]{2,}(?:\s+[A-Z][^\W\d_]+){0,3}\s+\d{1,5}\b(?!\s*(?:%|years|am|pm))",
+                    0.15),
+        ], context=["address", "live", "lives", "living", "located", "ship", "shipping", "deliver", "delivery",
+                    "street", "moved", "mail", "send", "residence", "home"]),
         PatternRecognizer(supported_entity="ZIP_CODE", name="guardrag_zip",
                           patterns=[Pattern("us zip", r"\b\d{5}(?:-\d{4})?\b", 0.05)],
                           context=["zip", "zipcode", "postal", "postcode", "code"]),

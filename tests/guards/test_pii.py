@@ -104,6 +104,21 @@ def test_pii_types_are_found(text, entity, value):
     assert entities(text).get(entity) == value
 
 
+@pytest.mark.parametrize("text, values", [
+    ("Ship it to 742 Evergreen Terrace, apt. 12 please.", ["742 Evergreen Terrace", "apt. 12"]),
+    ("My address is Mikkelenborgvej 76, Copenhagen.", ["Mikkelenborgvej 76"]),
+])
+def test_street_addresses_are_found(text, values):
+    found = [text[f.start:f.end] for f in scan_pii(text).findings if f.entity == "ADDRESS"]
+    assert found == values
+
+
+@pytest.mark.parametrize("text", ["Install Windows 10 on the laptop.", "Read Chapter 3 before the exam.",
+                                  "Version 2 of the Payments API ships today."])
+def test_name_and_number_without_address_words_is_not_an_address(text):
+    assert "ADDRESS" not in {f.entity for f in scan_pii(text).findings}
+
+
 def test_phone_number_is_not_reported_as_uk_nhs():
     found = entities("Call me on 212-555-0199 tomorrow.")
     assert "UK_NHS" not in found and found.get("PHONE_NUMBER") == "212-555-0199"
