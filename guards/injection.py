@@ -447,6 +447,22 @@ def _task_recognizer() -> PatternRecognizer:
     )
 
 
+def _result(recognizer, entity: str, start: int, end: int, score: float, pattern: str, **meta) -> RecognizerResult:
+    """A RecognizerResult stamped with the recognizer that made it and the rule that fired."""
+    return RecognizerResult(
+        entity_type=entity,
+        start=start,
+        end=end,
+        score=score,
+        recognition_metadata={
+            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,
+            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
+            "pattern": pattern,
+            **meta,
+        },
+    )
+
+
 class StandaloneRequestRecognizer(PatternRecognizer):
     """A self-contained request or question on its own line: a task for whoever reads the data.
 
@@ -521,19 +537,7 @@ class CodePayloadRecognizer(EntityRecognizer):
                 continue
             risky = {h.group(0) for h in self._RISKY.finditer(fence.group(1))}
             score = 0.3 + (0.25 if len(risky) >= 2 else 0.1 if risky else 0.0)
-            out.append(
-                RecognizerResult(
-                    entity_type="TASK_HIJACK",
-                    start=m.start(),
-                    end=fence.end(),
-                    score=score,
-                    recognition_metadata={
-                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
-                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                        "pattern": "code_payload",
-                    },
-                )
-            )
+            out.append(_result(self, "TASK_HIJACK", m.start(), fence.end(), score, "code_payload"))
         return out
 
 
@@ -634,17 +638,7 @@ class ExfiltrationRecognizer(EntityRecognizer):
         return out
 
     def _result(self, start, end, score, pattern):
-        return RecognizerResult(
-            entity_type="EXFILTRATION",
-            start=start,
-            end=end,
-            score=score,
-            recognition_metadata={
-                RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
-                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                "pattern": pattern,
-            },
-        )
+        return _result(self, "EXFILTRATION", start, end, score, pattern)
 
 
 # --------------------------------------------------------------------------- hidden carriers
@@ -756,18 +750,7 @@ class HiddenCarrierRecognizer(EntityRecognizer):
         return out
 
     def _result(self, start, end, score, pattern):
-        return RecognizerResult(
-            entity_type="HIDDEN_CARRIER",
-            start=start,
-            end=end,
-            score=score,
-            recognition_metadata={
-                RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
-                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                "pattern": pattern,
-                "no_context": True,
-            },
-        )
+        return _result(self, "HIDDEN_CARRIER", start, end, score, pattern, no_context=True)
 
 
 def _printable_ratio(s: str) -> float:
