@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -91,11 +93,15 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
 ) -> None:
     """Run an MCP server over stdio (for an IDE) or streamable HTTP."""
-    if server != "retrieval":
-        _fail(ValueError(f"unknown server {server!r}; available: retrieval"))
-    from servers.retrieval.server import serve as serve_retrieval
+    from client.connect import SERVERS
 
-    serve_retrieval(http=http, host=host, port=port)
+    if server not in SERVERS:
+        _fail(ValueError(f"unknown server {server!r}; available: {', '.join(SERVERS)}"))
+    # Start the server's own entry point, as an IDE would; the client imports nothing of the server.
+    args = [sys.executable, "-m", f"servers.{server}.server"]
+    if http:
+        args += ["--http", "--host", host, "--port", str(port)]
+    os.execv(sys.executable, args)
 
 
 async def _ingest(paths: list[Path], collection: str | None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:

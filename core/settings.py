@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
 import platformdirs
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -112,7 +110,3 @@ def get_settings() -> Settings:
     """The process-wide settings (read once)."""
     return Settings()
 
-
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    """A JSON-safe view of the settings, for `stats` and logs."""
-    return settings.model_dump(mode="json")

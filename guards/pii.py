@@ -13,7 +13,6 @@ No MCP here. Import cost: the spaCy model loads on the first scan (about 2 s).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from functools import lru_cache
@@ -212,7 +211,3 @@ def anonymize(text: str, findings: list[PiiFinding], mode: Mode = "replace") -> 
     return AnonymizerEngine().anonymize(text=text, analyzer_results=results,
                                         operators={"DEFAULT": operator}).text
 
-
-def fingerprint(value: str) -> str:
-    """A short stable digest of a value, for logs that must not hold the value itself."""
-    return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -817,7 +817,6 @@ class RetrievalEngine:
     # ---------------------------------------------------------------- reading
     def _chunk(self, collection: str, chunk_id: str, row: dict[str, Any]) -> Chunk:
         meta = dict(row["metadatas"] or {})
-        user_keys = [k for k in (meta.get("user_keys") or "").split(",") if k]
         page = meta.get("page", -1)
         prov = Provenance(
             doc_id=meta.get("doc_id", ""), source=meta.get("source", ""), title=meta.get("title") or None,
@@ -826,10 +825,8 @@ class RetrievalEngine:
             page=None if page in (None, -1) else page, content_hash=meta.get("content_hash", ""),
             doc_hash=meta.get("doc_hash", ""), ingested_at=meta.get("ingested_at", ""),
         )
-        user = {k: meta[k] for k in user_keys if k in meta}
-        if not user_keys:  # a collection written by another tool: show its metadata as is
-            user = {k: v for k, v in meta.items() if k not in RESERVED_KEYS and v is not None}
-        return Chunk(chunk_id=chunk_id, collection=collection, text=row["documents"] or "", provenance=prov, metadata=user)
+        return Chunk(chunk_id=chunk_id, collection=collection, text=row["documents"] or "", provenance=prov,
+                     metadata=_user_metadata(meta))
 
     def get_chunk(self, collection: str, chunk_id: str) -> Chunk:
         check_text(chunk_id, "chunk_id")
@@ -855,12 +852,11 @@ class RetrievalEngine:
                         text="\n\n".join(c.text for c in chunks))
 
     def _doc_info(self, collection: str, meta: dict[str, Any], chunks: int | None = None) -> DocumentInfo:
-        user_keys = [k for k in (meta.get("user_keys") or "").split(",") if k]
         return DocumentInfo(
             doc_id=meta["doc_id"], collection=collection, source=meta.get("source", ""),
             title=meta.get("title") or None, doc_hash=meta.get("doc_hash", ""),
             chunks=chunks if chunks is not None else meta.get("chunks", 0), format=meta.get("format", "text"),
-            ingested_at=meta.get("ingested_at", ""), metadata={k: meta[k] for k in user_keys if k in meta},
+            ingested_at=meta.get("ingested_at", ""), metadata=_user_metadata(meta),
         )
 
     def list_documents(self, collection: str, *, limit: int = 50, cursor: str | None = None,
@@ -924,6 +920,15 @@ def _prefix_tokens(doc: loaders.LoadedDocument, count_tokens: Callable[[str], in
             longest = max(longest, path, key=len)
     prefix = index_text("", {"title": doc.title or "", "heading_path": longest})
     return min(cap, count_tokens(prefix)) if prefix.strip() else 0
+
+
+def _user_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The caller's metadata of a chunk: the keys guardrag recorded, or for a collection written by
+    another tool, everything that is not one of guardrag's own keys."""
+    keys = [k for k in (meta.get("user_keys") or "").split(",") if k]
+    if keys:
+        return {k: meta[k] for k in keys if k in meta}
+    return {k: v for k, v in meta.items() if k not in RESERVED_KEYS and v is not None}
 
 
 def _fsync_dir(path: Path) -> None:
