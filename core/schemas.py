@@ -20,8 +20,11 @@ class GuardFinding(BaseModel):
 class GuardVerdict(BaseModel):
     """The verdict of the guards on a piece of text. It travels with the text it describes."""
 
-    status: Literal["unscanned", "clean", "flagged", "quarantined", "blocked"] = Field(
-        "unscanned", description="'unscanned' until the guards have looked at the text."
+    status: Literal["unscanned", "clean", "flagged", "quarantined", "redacted", "blocked"] = Field(
+        "unscanned",
+        description="'unscanned' until the guards have looked; 'clean' nothing found; 'flagged' found and returned "
+        "as is (or only partly scanned); 'quarantined' instruction spans neutralised; 'redacted' PII/secrets/links "
+        "rewritten; 'blocked' the text is withheld.",
     )
     policy: str | None = Field(None, description="The policy that produced the verdict (id@version).")
     findings: list[GuardFinding] = Field(default_factory=list)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+
 import platformdirs
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -62,6 +64,41 @@ class RetrievalSettings(BaseModel):
         return [] if cwd == Path(cwd.anchor) else [cwd]
 
 
+#: what an output guard redacts by default: contact details, identifiers, financial numbers and secrets
+OUTPUT_ENTITIES = (
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "US_ITIN", "US_PASSPORT",
+    "US_DRIVER_LICENSE", "US_BANK_NUMBER", "IP_ADDRESS", "CRYPTO", "MEDICAL_LICENSE",
+    "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN", "JWT", "PRIVATE_KEY", "URL_PASSWORD", "API_KEY",
+)
+
+
+class GuardSettings(BaseModel):
+    """Guard policies, one per boundary: text leaving a server (retrieved) and text leaving the client (outputs)."""
+
+    enabled: bool = Field(True, description="Scan text at ingest and apply the retrieved-text policy when it is read.")
+    retrieved_action: Literal["block", "quarantine", "annotate"] = Field(
+        "quarantine",
+        description="Retrieved text with an injected instruction: 'block' drops it, 'quarantine' keeps it with the "
+        "instruction spans neutralised, 'annotate' returns it as is. The verdict travels with the text in every case.",
+    )
+    injection_threshold: float = Field(0.5, ge=0, le=1, description="Injection score from which a finding counts.")
+    output_action: Literal["redact", "block", "allow"] = Field(
+        "redact", description="PII, secrets or exfiltration links in an answer: redact them, block the answer, or allow."
+    )
+    anonymize_mode: Literal["replace", "redact", "mask", "hash"] = Field(
+        "replace", description="How 'redact' rewrites a finding: typed placeholder, removal, stars or a SHA-256."
+    )
+    pii_threshold: float = Field(0.4, ge=0, le=1, description="Presidio score from which a PII finding counts.")
+    pii_entities: list[str] | None = Field(
+        default_factory=lambda: list(OUTPUT_ENTITIES),
+        description="Entity types guarded in outputs; null means every type the analyzer knows. The default is "
+        "identifiers and secrets, not names, places or dates: an answer about Paris in May stays readable.",
+    )
+    allow_list: list[str] = Field(
+        default_factory=list, description="Values never redacted in outputs (e.g. the support desk's own e-mail)."
+    )
+
+
 class Settings(BaseSettings):
     """guardrag settings (env ``GUARDRAG_*``, optional ``guardrag.toml``)."""
 
@@ -82,6 +119,7 @@ class Settings(BaseSettings):
     embed_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: ORT decides).")
     log_level: str = Field("WARNING", description="Log level of the servers (logs go to stderr).")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    guards: GuardSettings = Field(default_factory=GuardSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -48,10 +48,13 @@ import numpy as np
 
 import core  # noqa: F401  (offline switches before chromadb is imported)
 from core.errors import GuardragError, InvalidInput, NotFound, Unavailable
+from core.schemas import GuardVerdict
 from core.settings import Settings
+from guards import policy as guard_policy
 from servers.retrieval import chunking, loaders
 from servers.retrieval.bm25_index import Bm25Index, fingerprint
 from servers.retrieval.schemas import (
+    BlockedHit,
     Chunk,
     CollectionInfo,
     DeleteResult,
@@ -75,7 +78,7 @@ Mode = Literal["hybrid", "vector", "bm25"]
 #: metadata keys guardrag writes on every chunk; callers may filter on them but not set them.
 RESERVED_KEYS = frozenset(
     {"doc_id", "source", "title", "heading_path", "position", "start_char", "end_char", "page",
-     "content_hash", "doc_hash", "ingested_at", "format", "chunks", "user_keys"}
+     "content_hash", "doc_hash", "ingested_at", "format", "chunks", "user_keys", *guard_policy.METADATA_KEYS}
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -348,6 +351,8 @@ class RetrievalEngine:
         """Load the embedding model and run it once, so the first search does not pay for it."""
         try:
             chunking.split_sentences("Warm up. Load the sentencizer.")
+            if self.settings.guards.enabled:
+                guard_policy.scan_retrieved("Warm up the injection scanner.")
             vector = self.embedder.embed(["warm up"])
             for info in self.list_collections():  # load each HNSW index and BM25 matrix now, not on a search
                 if info.chunks:
@@ -631,6 +636,8 @@ class RetrievalEngine:
                     content_hash=_sha256(piece.text), doc_hash=doc.doc_hash, ingested_at=now,
                     format=doc.doc.format, chunks=len(pieces), user_keys=",".join(sorted(doc.metadata)),
                 )
+                if self.settings.guards.enabled:  # scanned once here; a search reads the stored verdict
+                    meta.update(guard_policy.scan_to_metadata(guard_policy.scan_retrieved(piece.text, meta["content_hash"])))
                 metas.append(meta)
             if old:
                 old_ids.extend(old[1])
@@ -763,17 +770,23 @@ class RetrievalEngine:
         page = order[offset:depth]
         rows = self._get_rows(col, page, ["documents", "metadatas"])
         timings["fuse"] = _ms(t)
-        hits = [
-            SearchHit(
-                **self._chunk(collection, i, rows[i]).model_dump(),
-                score=round(fused[i], 8), vector=ranks[i].get("vector"), bm25=ranks[i].get("bm25"),
-            )
-            for i in page
-            if i in rows  # a chunk deleted between the legs and now drops out
-        ]
+        t = time.perf_counter()
+        stale: list = []
+        hits, blocked = [], []
+        for i in page:
+            if i not in rows:  # a chunk deleted between the legs and now drops out
+                continue
+            chunk = self._chunk(collection, i, rows[i], stale)
+            if chunk.text is None:
+                blocked.append(BlockedHit(chunk_id=i, provenance=chunk.provenance, guard=chunk.guard))
+                continue
+            hits.append(SearchHit(**chunk.model_dump(), score=round(fused[i], 8),
+                                  vector=ranks[i].get("vector"), bm25=ranks[i].get("bm25")))
+        self._store_scans(col, stale)
+        timings["guard"] = _ms(t)
         timings["total"] = _ms(t0)
         return SearchResult(
-            collection=collection, query=query, mode=mode, hits=hits, total_candidates=len(order),
+            collection=collection, query=query, mode=mode, hits=hits, blocked=blocked, total_candidates=len(order),
             next_cursor=_encode_cursor(depth) if depth < len(order) else None, timings_ms=timings,
         )
 
@@ -815,7 +828,30 @@ class RetrievalEngine:
         return [ids[i] for i in chosen]
 
     # ---------------------------------------------------------------- reading
-    def _chunk(self, collection: str, chunk_id: str, row: dict[str, Any]) -> Chunk:
+    def _guard(self, chunk_id: str, text: str, meta: dict[str, Any], stale: list) -> tuple[str | None, GuardVerdict]:
+        """Apply the retrieved-text policy to a chunk, from its stored scan. A chunk with no scan, or one
+        made by another scanner version, is scanned now and queued in ``stale`` to be stored."""
+        gs = self.settings.guards
+        if not gs.enabled:
+            return text, GuardVerdict()
+        content_hash = meta.get("content_hash") or _sha256(text)
+        scan = guard_policy.scan_from_metadata(meta, content_hash)
+        if scan is None:
+            scan = guard_policy.scan_retrieved(text, content_hash)
+            stale.append((chunk_id, guard_policy.scan_to_metadata(scan)))
+        return guard_policy.apply_retrieved(text, scan, gs)
+
+    def _store_scans(self, col, stale: list) -> None:
+        """Store scans made at read time (best effort: a chunk replaced meanwhile is simply scanned again)."""
+        if not stale:
+            return
+        try:
+            with self._lock:
+                col.update(ids=[i for i, _ in stale], metadatas=[m for _, m in stale])
+        except Exception as exc:  # noqa: BLE001 - a read must not fail because a cache write did
+            log.info("could not store %d guard scans: %s", len(stale), exc)
+
+    def _chunk(self, collection: str, chunk_id: str, row: dict[str, Any], stale: list) -> Chunk:
         meta = dict(row["metadatas"] or {})
         page = meta.get("page", -1)
         prov = Provenance(
@@ -825,8 +861,9 @@ class RetrievalEngine:
             page=None if page in (None, -1) else page, content_hash=meta.get("content_hash", ""),
             doc_hash=meta.get("doc_hash", ""), ingested_at=meta.get("ingested_at", ""),
         )
-        return Chunk(chunk_id=chunk_id, collection=collection, text=row["documents"] or "", provenance=prov,
-                     metadata=_user_metadata(meta))
+        text, verdict = self._guard(chunk_id, row["documents"] or "", meta, stale)
+        return Chunk(chunk_id=chunk_id, collection=collection, text=text, provenance=prov,
+                     metadata=_user_metadata(meta), guard=verdict)
 
     def get_chunk(self, collection: str, chunk_id: str) -> Chunk:
         check_text(chunk_id, "chunk_id")
@@ -834,7 +871,10 @@ class RetrievalEngine:
         rows = self._get_rows(col, [chunk_id], ["documents", "metadatas"])
         if chunk_id not in rows:
             raise NotFound(f"chunk {chunk_id!r} is not in collection {collection!r}.")
-        return self._chunk(collection, chunk_id, rows[chunk_id])
+        stale: list = []
+        chunk = self._chunk(collection, chunk_id, rows[chunk_id], stale)
+        self._store_scans(col, stale)
+        return chunk
 
     def get_document(self, collection: str, doc_id: str) -> Document:
         self._check_doc_id(doc_id)
@@ -842,14 +882,17 @@ class RetrievalEngine:
         got = col.get(where={"doc_id": doc_id}, include=["documents", "metadatas"])
         if not got["ids"]:
             raise NotFound(f"document {doc_id!r} is not in collection {collection!r}; see list_documents.")
+        stale: list = []
         chunks = sorted(
-            (self._chunk(collection, i, {"documents": d, "metadatas": m})
+            (self._chunk(collection, i, {"documents": d, "metadatas": m}, stale)
              for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)),
             key=lambda c: c.provenance.position,
         )
+        self._store_scans(col, stale)
         info = self._doc_info(collection, got["metadatas"][0], len(chunks))
         return Document(**info.model_dump(), chunk_ids=[c.chunk_id for c in chunks],
-                        text="\n\n".join(c.text for c in chunks))
+                        text="\n\n".join(c.text if c.text is not None else f"[blocked: chunk {c.chunk_id}]" for c in chunks),
+                        guard=_document_verdict(chunks))
 
     def _doc_info(self, collection: str, meta: dict[str, Any], chunks: int | None = None) -> DocumentInfo:
         return DocumentInfo(
@@ -929,6 +972,16 @@ def _user_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     if keys:
         return {k: meta[k] for k in keys if k in meta}
     return {k: v for k, v in meta.items() if k not in RESERVED_KEYS and v is not None}
+
+
+_SEVERITY = {"unscanned": 0, "clean": 1, "flagged": 2, "redacted": 3, "quarantined": 4, "blocked": 5}
+
+
+def _document_verdict(chunks: list[Chunk]) -> GuardVerdict:
+    """A document's verdict: the most severe of its chunks', naming the chunks that are not clean."""
+    worst = max(chunks, key=lambda c: _SEVERITY[c.guard.status]).guard
+    marked = {c.chunk_id: c.guard.status for c in chunks if c.guard.status not in ("clean", "unscanned")}
+    return GuardVerdict(status=worst.status, policy=worst.policy, details={"chunks": marked} if marked else {})
 
 
 def _fsync_dir(path: Path) -> None:

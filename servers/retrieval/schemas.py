@@ -39,10 +39,11 @@ class Chunk(BaseModel):
 
     chunk_id: str
     collection: str
-    text: str
+    text: str | None = Field(description="The chunk text; under the 'quarantine' policy with instruction spans "
+                             "neutralised; null when the guard blocked it.")
     provenance: Provenance
     metadata: dict[str, Scalar] = Field(default_factory=dict, description="The metadata given at ingest.")
-    guard: GuardVerdict = Field(default_factory=GuardVerdict)
+    guard: GuardVerdict = Field(default_factory=GuardVerdict, description="The guard verdict on this text.")
 
 
 class SearchHit(Chunk):
@@ -53,11 +54,20 @@ class SearchHit(Chunk):
     bm25: LegHit | None = Field(None, description="Rank and score in the BM25 leg; null when absent there.")
 
 
+class BlockedHit(BaseModel):
+    """A hit the guard policy withheld ('block'): where it came from and why, never its text."""
+
+    chunk_id: str
+    provenance: Provenance
+    guard: GuardVerdict
+
+
 class SearchResult(BaseModel):
     collection: str
     query: str
     mode: Literal["hybrid", "vector", "bm25"]
     hits: list[SearchHit]
+    blocked: list[BlockedHit] = Field(default_factory=list, description="Hits of this page withheld by the guard.")
     next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null at the end.")
     total_candidates: int = Field(description="How many distinct hits the legs produced before paging.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
@@ -79,7 +89,10 @@ class Document(DocumentInfo):
     """A whole document, rebuilt from its chunks in order."""
 
     chunk_ids: list[str]
-    text: str = Field(description="The chunk texts joined in order (overlaps between chunks are not removed).")
+    text: str = Field(description="The chunk texts joined in order (overlaps between chunks are not removed), "
+                      "after the guard policy.")
+    guard: GuardVerdict = Field(default_factory=GuardVerdict,
+                                description="The most severe verdict of its chunks; details name the chunks concerned.")
 
 
 class DocumentOutcome(BaseModel):

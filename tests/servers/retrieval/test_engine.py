@@ -30,7 +30,7 @@ def test_hybrid_finds_by_meaning_and_reports_both_legs(kb):
     assert top.provenance.title == "Resetting a forgotten password"
     assert top.provenance.source == "kb/kb-001"
     assert top.metadata == {"team": "support", "year": 2023}
-    assert top.guard.status == "unscanned"
+    assert top.guard.status == "clean"
     assert top.score == pytest.approx(sum(1 / (60 + leg.rank) for leg in (top.vector, top.bm25) if leg))
     assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
 

@@ -55,7 +55,7 @@ async def test_search_and_read_through_mcp(server):
         assert not res.is_error
         hit = res.structured_content["hits"][0]
         assert hit["provenance"]["doc_id"] == "kb-004" and hit["bm25"]["rank"] == 1
-        assert hit["guard"]["status"] == "unscanned"
+        assert hit["guard"]["status"] == "clean" and hit["guard"]["details"]["scanner"].startswith("injection")
         text = res.content[0].text  # the readable part, for a model: every hit with its place and chunk id
         assert text.startswith("2 hits for 'ZX-9931'") and f"[1] kb/kb-004 (chunk_id={hit['chunk_id']}" in text
         assert hit["text"] in text
