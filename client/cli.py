@@ -11,12 +11,13 @@ from typing import Annotated, Any, Optional
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import core  # noqa: F401  (offline switches)
 from client.connect import call, connect
-from core.errors import GuardragError
+from core.errors import GuardragError, InvalidInput
 from core.settings import get_settings
 
 app = typer.Typer(help="guardrag: guarded retrieval, GraphRAG and judging over MCP. Offline by default.",
@@ -29,9 +30,10 @@ out = Console()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error[/]: {exc}")
-    raise typer.Exit(1)
+def _fail(exc: Exception, code: int = 1) -> None:
+    """Print ``exc`` as one error line (no markup read from the message) and exit with ``code``."""
+    console.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _run(fn: Any, *args: Any) -> Any:
@@ -228,6 +230,75 @@ def demo(
         _fail(GuardragError("the embedding model is not installed; run `guardrag models install` first."))
     env = {"GUARDRAG_RETRIEVAL__ROOTS": json.dumps([str(EXAMPLES)])}
     _run(_demo, query, env)
+
+
+# ------------------------------------------------------------------------------------------ guard eval
+
+guard_app = typer.Typer(help="The guards (injection and PII scanners), as a library: evaluate them.",
+                        no_args_is_help=True)
+guard_eval_app = typer.Typer(help="Evaluate a guard on a labelled JSONL file (the development sets' format).",
+                             no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
+guard_app.add_typer(guard_eval_app, name="eval")
+
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the numbers as JSON to this file.",
+                                              dir_okay=False)]
+
+
+def _guard_eval(file: Path, json_out: Path | None, load: Any, run: Any, tables: Any) -> None:
+    """Load (bad input: one error line, exit 2), evaluate with a progress bar, print tables, write JSON."""
+    if json_out is not None and not json_out.parent.is_dir():
+        _fail(InvalidInput(f"--json {json_out}: directory {json_out.parent} does not exist"), code=2)
+    try:
+        records = load(file)
+    except GuardragError as exc:
+        _fail(exc, code=2)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"scan {file.name}", total=len(records))
+        report = run(records, lambda done, total: bar.update(task, completed=done))
+    for table in tables(report):
+        out.print(table)
+    if json_out is not None:
+        try:
+            json_out.write_text(report.model_dump_json(indent=2) + "\n")
+        except OSError as exc:
+            _fail(InvalidInput(f"--json {json_out}: cannot write it ({exc.strerror})"), code=2)
+        console.print(f"wrote {json_out}")
+
+
+@guard_eval_app.command("injection")
+def guard_eval_injection(
+    file: Annotated[Path, typer.Argument(help="JSONL: text, label (0/1), source, host_source, attack_category, "
+                                              "injection_span.")],
+    json_out: JsonOut = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score at which scan_injection flags.")] = 0.5,
+) -> None:
+    """Evaluate the injection scanner (a record is positive when it is flagged).
+
+    Precision, recall, F1, F2, false-positive rate, balanced accuracy; recall per attack category; all of
+    them per source and host source; span hit rate; latency per call and per KB."""
+    from guards import evaluate as ev
+
+    _guard_eval(file, json_out, ev.load_injection,
+                lambda recs, progress: ev.evaluate_injection(recs, threshold=threshold, file=str(file),
+                                                             progress=progress),
+                ev.injection_tables)
+
+
+@guard_eval_app.command("pii")
+def guard_eval_pii(
+    file: Annotated[Path, typer.Argument(help="JSONL: text, spans [{start, end, label, value}], source.")],
+    json_out: JsonOut = None,
+) -> None:
+    """Evaluate the PII scanner by span overlap.
+
+    Precision, recall, F1, F2 overall, per entity label and per source; latency per call and per KB."""
+    from guards import evaluate as ev
+
+    _guard_eval(file, json_out, ev.load_pii,
+                lambda recs, progress: ev.evaluate_pii(recs, file=str(file), progress=progress),
+                ev.pii_tables)
 
 
 if __name__ == "__main__":
