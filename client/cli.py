@@ -164,12 +164,17 @@ def _hits_table(result: dict[str, Any]) -> Table:
     table.add_column("fused", width=6)
     table.add_column("vec/bm25", width=8)
     table.add_column("source > heading", ratio=1, overflow="fold")
+    table.add_column("guard", width=11)
     table.add_column("text", ratio=3)
     for n, hit in enumerate(result["hits"], start=1):
         prov = hit["provenance"]
         legs = "/".join(str(hit[leg]["rank"]) if hit.get(leg) else "-" for leg in ("vector", "bm25"))
         place = " > ".join([prov["source"], *prov["heading_path"]])
-        table.add_row(str(n), f"{hit['score']:.4f}", legs, place, _snippet(hit["text"], result["query"]))
+        table.add_row(str(n), f"{hit['score']:.4f}", legs, place, hit["guard"]["status"],
+                      _snippet(hit["text"], result["query"]))
+    if result.get("blocked"):
+        table.caption = f"{len(result['blocked'])} hits withheld by the guard policy: " + ", ".join(
+            b["provenance"]["source"] for b in result["blocked"])
     return table
 
 
