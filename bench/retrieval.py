@@ -7,7 +7,8 @@ Measures, in one run and on one index:
 * nDCG@10 and Recall@100 (document level) for BM25 alone, vector alone and hybrid (RRF);
 * ingest throughput (chunks/s) of guardrag's ingest against a bare ``collection.add`` of the same
   chunk texts with the same embedder (the baseline does no chunking, BM25, journal or checks);
-* ``search`` tool-call latency p50/p95 over stdio through the official MCP Python client.
+* ``search`` tool-call latency p50/p95 over stdio through the official MCP Python client, guards on
+  against guards off in the same run (two servers on one index, calls alternating).
 
 Prints a table and writes ``bench/results/retrieval.json``.
 """
@@ -116,34 +117,57 @@ def bench_ingest(corpus: list[dict], model_dir: Path) -> dict:
             "ratio": round((res.chunks_written / ours) / (len(texts) / base), 3)}
 
 
-async def bench_mcp_latency(settings: Settings, queries: list[str], warmup: list[str], repeats: int = 1) -> dict:
-    """Steady-state ``search`` latency over stdio, after ``warmup`` calls; the cold start is reported apart."""
+async def bench_mcp_latency(settings: Settings, queries: list[str], warmup: list[str]) -> dict:
+    """Steady-state ``search`` latency over stdio, after ``warmup`` calls; the cold start is reported apart.
+
+    Two servers run side by side on the same index, one with the guards on (the default) and one with
+    them off, and the calls alternate between them query by query, so a busy machine slows both alike."""
+    from contextlib import AsyncExitStack
+
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
-    env = {k: v for k, v in os.environ.items()}
-    env.update({"GUARDRAG_DATA_DIR": str(settings.data_dir), "GUARDRAG_MODEL_DIR": str(settings.model_dir)})
-    params = StdioServerParameters(command=sys.executable, args=["-m", "servers.retrieval.server"], env=env,
-                                   cwd=str(ROOT))
-    lat: list[float] = []
-    server_ms: list[float] = []
-    t = time.perf_counter()
-    async with Client(params) as client:
-        first = time.perf_counter()
-        await client.call_tool("search", {"query": warmup[0], "k": 10, "collection": COLLECTION})
-        cold = {"connect_ms": round((first - t) * 1000, 1), "first_call_ms": round((time.perf_counter() - first) * 1000, 1)}
-        for q in warmup[1:]:  # the server finishes loading in the background meanwhile
-            await client.call_tool("search", {"query": q, "k": 10, "collection": COLLECTION})
-        for _ in range(repeats):
-            for q in queries:
+    base = {k: v for k, v in os.environ.items()}
+    base.update({"GUARDRAG_DATA_DIR": str(settings.data_dir), "GUARDRAG_MODEL_DIR": str(settings.model_dir)})
+    configs = {"guards_on": {"GUARDRAG_GUARDS__ENABLED": "true"}, "guards_off": {"GUARDRAG_GUARDS__ENABLED": "false"}}
+    lat: dict[str, list[float]] = {name: [] for name in configs}
+    server_ms: dict[str, list[float]] = {name: [] for name in configs}
+    cold: dict[str, float] = {}
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, extra in configs.items():
+            params = StdioServerParameters(command=sys.executable, args=["-m", "servers.retrieval.server"],
+                                           env={**base, **extra}, cwd=str(ROOT))
+            t = time.perf_counter()
+            clients[name] = await stack.enter_async_context(Client(params))
+            first = time.perf_counter()
+            await clients[name].call_tool("search", {"query": warmup[0], "k": 10, "collection": COLLECTION})
+            if name == "guards_on":
+                cold = {"connect_ms": round((first - t) * 1000, 1),
+                        "first_call_ms": round((time.perf_counter() - first) * 1000, 1)}
+        for q in warmup[1:]:  # the servers finish loading in the background meanwhile
+            for client in clients.values():
+                await client.call_tool("search", {"query": q, "k": 10, "collection": COLLECTION})
+        for n, q in enumerate(queries):
+            order = list(clients) if n % 2 == 0 else list(reversed(clients))
+            for name in order:
                 t = time.perf_counter()
-                res = await client.call_tool("search", {"query": q, "k": 10, "collection": COLLECTION})
-                lat.append((time.perf_counter() - t) * 1000)
+                res = await clients[name].call_tool("search", {"query": q, "k": 10, "collection": COLLECTION})
+                lat[name].append((time.perf_counter() - t) * 1000)
                 assert not res.is_error, res.content
-                server_ms.append(res.structured_content["timings_ms"]["total"])
-    return {**cold, "calls": len(lat), "warmup_calls": len(warmup), "p50_ms": round(pct(lat, 50), 2), "p95_ms": round(pct(lat, 95), 2),
-            "p99_ms": round(pct(lat, 99), 2), "server_p50_ms": round(pct(server_ms, 50), 2),
-            "server_p95_ms": round(pct(server_ms, 95), 2)}
+                server_ms[name].append(res.structured_content["timings_ms"]["total"])
+                want = "unscanned" if name == "guards_off" else ("clean", "flagged", "quarantined")
+                assert all(h["guard"]["status"] in want for h in res.structured_content["hits"])
+
+    def summary(name: str) -> dict:
+        return {"calls": len(lat[name]), "p50_ms": round(pct(lat[name], 50), 2), "p95_ms": round(pct(lat[name], 95), 2),
+                "p99_ms": round(pct(lat[name], 99), 2), "server_p50_ms": round(pct(server_ms[name], 50), 2),
+                "server_p95_ms": round(pct(server_ms[name], 95), 2)}
+
+    on, off = summary("guards_on"), summary("guards_off")
+    return {**cold, "warmup_calls": len(warmup), **on, "guards_off": off,
+            "guard_overhead_p50": round(on["p50_ms"] / off["p50_ms"] - 1, 4),
+            "guard_overhead_p95": round(on["p95_ms"] / off["p95_ms"] - 1, 4)}
 
 
 def main() -> int:
@@ -183,6 +207,9 @@ def main() -> int:
         quality[mode] = {"ndcg@10": round(statistics.mean(nd), 4), "recall@100": round(statistics.mean(rc), 4),
                          "ms_per_query": round((time.perf_counter() - t) * 1000 / len(qids), 2)}
     texts = [queries[q] for q in qids]
+    rescanned = engine.refresh_guard_scans(COLLECTION)  # a reused index may hold an older scanner's verdicts
+    if rescanned:
+        console.print(f"rescanned {rescanned} chunks with the current injection scanner")
     latency = anyio.run(bench_mcp_latency, settings, texts[: args.latency_queries], texts[-30:])
     best_single = max(quality["bm25"]["ndcg@10"], quality["vector"]["ndcg@10"])
     result = {
@@ -201,8 +228,11 @@ def main() -> int:
     if ingest:
         console.print(f"ingest ({ingest['documents']} docs): {ingest['chunks']} chunks, guardrag {ingest['guardrag_chunks_per_s']} chunks/s vs bare "
                       f"collection.add {ingest['bare_chunks_per_s']} chunks/s (ratio {ingest['ratio']})")
-    console.print(f"search over stdio MCP ({latency['calls']} calls): p50 {latency['p50_ms']} ms, p95 {latency['p95_ms']} ms "
-                  f"(server-side p95 {latency['server_p95_ms']} ms)")
+    off = latency["guards_off"]
+    console.print(f"search over stdio MCP ({latency['calls']} calls each): guards on p50 {latency['p50_ms']} ms, "
+                  f"p95 {latency['p95_ms']} ms (server-side p95 {latency['server_p95_ms']} ms); guards off p50 "
+                  f"{off['p50_ms']} ms, p95 {off['p95_ms']} ms; overhead p50 {latency['guard_overhead_p50']:+.1%}, "
+                  f"p95 {latency['guard_overhead_p95']:+.1%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     console.print(f"wrote {args.out}")

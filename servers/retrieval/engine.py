@@ -851,6 +851,24 @@ class RetrievalEngine:
         except Exception as exc:  # noqa: BLE001 - a read must not fail because a cache write did
             log.info("could not store %d guard scans: %s", len(stale), exc)
 
+    def refresh_guard_scans(self, collection: str, batch: int = 1000) -> int:
+        """Scan now every chunk whose stored scan is missing or from another scanner version (what reads
+        would otherwise do lazily, one chunk at a time). Returns how many chunks were scanned."""
+        if not self.settings.guards.enabled:
+            return 0
+        col = self._collection(collection)
+        done = offset = 0
+        while True:
+            got = col.get(include=["documents", "metadatas"], limit=batch, offset=offset)
+            if not got["ids"]:
+                return done
+            stale: list = []
+            for chunk_id, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                self._guard(chunk_id, text or "", meta or {}, stale)
+            self._store_scans(col, stale)
+            done += len(stale)
+            offset += len(got["ids"])
+
     def _chunk(self, collection: str, chunk_id: str, row: dict[str, Any], stale: list) -> Chunk:
         meta = dict(row["metadatas"] or {})
         page = meta.get("page", -1)

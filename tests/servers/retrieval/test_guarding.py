@@ -138,3 +138,14 @@ async def test_planted_instruction_quarantined_over_stdio_subprocess(settings, e
         assert [b["provenance"]["doc_id"] for b in body["blocked"]] == ["refunds"]
         assert body["blocked"][0]["guard"]["status"] == "blocked" and "text" not in body["blocked"][0]
         assert "withheld by the guard policy" in res.content[0].text and "Ignore all" not in res.content[0].text
+
+
+def test_refresh_guard_scans_rescans_only_stale_chunks(settings, embedder, monkeypatch):
+    settings.guards.enabled = False
+    RetrievalEngine(settings, embedder=embedder).ingest_texts("guarded", _docs())
+    settings.guards.enabled = True
+    on = RetrievalEngine(settings, embedder=embedder)
+    assert on.refresh_guard_scans("guarded", batch=1) == 2
+    assert on.refresh_guard_scans("guarded") == 0
+    monkeypatch.setattr(injection, "SCANNER_VERSION", "injection-test-next")
+    assert on.refresh_guard_scans("guarded") == 2
