@@ -131,8 +131,7 @@ def neutralise(text: str, findings: list[GuardFinding], label: str = "quarantine
 def apply_retrieved(text: str, scan: RetrievedScan, policy: GuardSettings) -> tuple[str | None, GuardVerdict]:
     """Apply the retrieved-text policy: (text to return or None when blocked, its verdict)."""
     hits = [f for f in scan.findings if f.score >= policy.injection_threshold]
-    details = {"scanner": scan.scanner, "score": scan.score, "content_hash": scan.content_hash,
-               "threshold": policy.injection_threshold}
+    details: dict[str, Any] = {"scanner": scan.scanner, "score": scan.score}  # the chunk's hash is in its provenance
     if scan.truncated:
         details["truncated"] = True
     verdict = GuardVerdict(policy=f"retrieved:{policy.retrieved_action}@{POLICY_VERSION}", findings=hits,
