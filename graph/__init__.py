@@ -1,0 +1,65 @@
+"""guardrag's knowledge-graph library: offline extraction, an atomic store, incremental updates,
+communities and four search modes (local, global, path, personalised PageRank). No MCP.
+
+Start with :class:`GraphEngine`; the algorithms are plain functions in :mod:`graph.search`,
+:mod:`graph.communities`, :mod:`graph.update` and :mod:`graph.extract`.
+"""
+
+from graph.engine import GraphEngine
+from graph.schemas import (
+    ChunkHit,
+    ChunkInput,
+    CommunitiesResult,
+    CommunityHit,
+    CommunityInfo,
+    DeleteResult,
+    DocumentOutcome,
+    EntityDetail,
+    EntityHit,
+    EntityInfo,
+    EntitySearchResult,
+    Evidence,
+    GlobalSearchResult,
+    GraphItem,
+    GraphPath,
+    GraphStats,
+    IngestResult,
+    LocalSearchResult,
+    Neighbor,
+    NeighborsResult,
+    PathResult,
+    PprResult,
+    RankedSentence,
+    Relation,
+)
+from graph.store import FileGraphStore, GraphStore
+
+__all__ = [
+    "ChunkHit",
+    "ChunkInput",
+    "CommunitiesResult",
+    "CommunityHit",
+    "CommunityInfo",
+    "DeleteResult",
+    "DocumentOutcome",
+    "EntityDetail",
+    "EntityHit",
+    "EntityInfo",
+    "EntitySearchResult",
+    "Evidence",
+    "FileGraphStore",
+    "GlobalSearchResult",
+    "GraphEngine",
+    "GraphItem",
+    "GraphPath",
+    "GraphStats",
+    "GraphStore",
+    "IngestResult",
+    "LocalSearchResult",
+    "Neighbor",
+    "NeighborsResult",
+    "PathResult",
+    "PprResult",
+    "RankedSentence",
+    "Relation",
+]

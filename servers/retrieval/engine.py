@@ -27,11 +27,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
-import itertools
 import hashlib
+import itertools
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -50,6 +49,14 @@ import core  # noqa: F401  (offline switches before chromadb is imported)
 from core.errors import GuardragError, InvalidInput, NotFound, Unavailable
 from core.schemas import GuardVerdict
 from core.settings import Settings
+from core.validation import (
+    check_collection_name,
+    check_text,
+    decode_cursor,
+    encode_cursor,
+    fsync_dir,
+)
+from core.validation import check_metadata as _check_metadata
 from guards import policy as guard_policy
 from servers.retrieval import chunking, loaders
 from servers.retrieval.bm25_index import Bm25Index, fingerprint
@@ -80,8 +87,6 @@ RESERVED_KEYS = frozenset(
     {"doc_id", "source", "title", "heading_path", "position", "start_char", "end_char", "page",
      "content_hash", "doc_hash", "ingested_at", "format", "chunks", "user_keys", *guard_policy.METADATA_KEYS}
 )
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DOC_BATCH = 512          # documents per ingest transaction
 _CHROMA_BATCH = 2000      # rows per Chroma call (below its max batch size)
 _MAX_QUERY_CHARS = 4000
@@ -106,48 +111,9 @@ def index_text(text: str, meta: dict[str, Any]) -> str:
     return f"{head}\n{text}" if head else text
 
 
-def check_text(value: str, what: str) -> str:
-    """Reject NUL bytes and blank strings with a message naming the field."""
-    if "\x00" in value:
-        raise InvalidInput(f"{what} contains NUL bytes (\\x00); remove them and retry.")
-    if not value.strip():
-        raise InvalidInput(f"{what} is empty; give some text.")
-    return value
-
-
-def check_collection_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidInput(
-            f"invalid collection name {name!r}: use 3-512 characters from letters, digits, '.', '_' and '-', "
-            "starting and ending with a letter or digit."
-        )
-    return name
-
-
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate caller metadata: flat, scalar values, no reserved keys."""
-    if not metadata:
-        return {}
-    if not isinstance(metadata, dict):
-        raise InvalidInput("metadata must be an object of key -> string/number/boolean.")
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise InvalidInput(f"metadata key {key!r} is invalid: use letters, digits, '_', '.', '-' (max 64).")
-        if key in RESERVED_KEYS:
-            raise InvalidInput(f"metadata key {key!r} is reserved by guardrag; reserved keys: {sorted(RESERVED_KEYS)}.")
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise InvalidInput(f"metadata[{key!r}] contains NUL bytes.")
-        elif isinstance(value, bool | int):
-            pass
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidInput(f"metadata[{key!r}] must be a finite number.")
-        else:
-            raise InvalidInput(f"metadata[{key!r}] must be a string, number or boolean, not {type(value).__name__}.")
-        out[key] = value
-    return out
+    """Validate a chunk's caller metadata: flat, scalar values, none of guardrag's own keys."""
+    return _check_metadata(metadata, RESERVED_KEYS)
 
 
 def check_where(where: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -376,11 +342,11 @@ class RetrievalEngine:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.journal_dir)
+        fsync_dir(self.journal_dir)
 
     def _journal_done(self, txn: _Txn) -> None:
         (self.journal_dir / f"{txn.id}.json").unlink(missing_ok=True)
-        _fsync_dir(self.journal_dir)
+        fsync_dir(self.journal_dir)
 
     def _delete_ids(self, col, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), _CHROMA_BATCH):
@@ -719,7 +685,7 @@ class RetrievalEngine:
             raise InvalidInput(f"mode must be 'hybrid', 'vector' or 'bm25'; got {mode!r}.")
         if not 0.0 <= mmr_lambda <= 1.0:
             raise InvalidInput("mmr_lambda must be between 0 and 1.")
-        offset = _decode_cursor(cursor)
+        offset = decode_cursor(cursor)
         where = check_where(where)
         col = self._collection(collection)
         wv = self.rs.vector_weight if vector_weight is None else vector_weight
@@ -787,7 +753,7 @@ class RetrievalEngine:
         timings["total"] = _ms(t0)
         return SearchResult(
             collection=collection, query=query, mode=mode, hits=hits, blocked=blocked, total_candidates=len(order),
-            next_cursor=_encode_cursor(depth) if depth < len(order) else None, timings_ms=timings,
+            next_cursor=encode_cursor(depth) if depth < len(order) else None, timings_ms=timings,
         )
 
     def _doc_ids(self, col, chunk_ids: list[str]) -> dict[str, str]:
@@ -924,7 +890,7 @@ class RetrievalEngine:
                        where: dict[str, Any] | None = None) -> DocumentPage:
         if not 1 <= limit <= 500:
             raise InvalidInput(f"limit must be between 1 and 500; got {limit}.")
-        offset = _decode_cursor(cursor)
+        offset = decode_cursor(cursor)
         where = check_where(where)
         col = self._collection(collection)
         first = {"position": 0}
@@ -934,7 +900,7 @@ class RetrievalEngine:
         docs = [self._doc_info(collection, m) for m in got["metadatas"]]
         end = offset + len(docs)
         return DocumentPage(collection=collection, documents=docs, total=total,
-                            next_cursor=_encode_cursor(end) if end < total else None)
+                            next_cursor=encode_cursor(end) if end < total else None)
 
     def list_collections(self) -> list[CollectionInfo]:
         out = []
@@ -1002,27 +968,5 @@ def _document_verdict(chunks: list[Chunk]) -> GuardVerdict:
     return GuardVerdict(status=worst.status, policy=worst.policy, details={"chunks": marked} if marked else {})
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable (matters after a power loss, not a kill)."""
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000, 3)
-
-
-def _encode_cursor(offset: int) -> str:
-    return f"o{offset}"
-
-
-def _decode_cursor(cursor: str | None) -> int:
-    if cursor in (None, ""):
-        return 0
-    if not isinstance(cursor, str) or not re.fullmatch(r"o\d{1,6}", cursor):
-        raise InvalidInput(f"invalid cursor {str(cursor)[:40]!r}: pass the next_cursor value of a previous result.")
-    return int(cursor[1:])
