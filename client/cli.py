@@ -89,12 +89,12 @@ def models_install(
 
 @app.command()
 def serve(
-    server: Annotated[str, typer.Argument(help="Which server: retrieval or judge.")],
+    server: Annotated[str, typer.Argument(help="Which server: retrieval, graph or judge.")],
     http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="HTTP bind address (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: retrieval 8765, judge 8766, graph 8767).")] = None,
 ) -> None:
-    """Run an MCP server over stdio (for an IDE) or streamable HTTP."""
+    """Run an MCP server (retrieval, graph or judge) over stdio (for an IDE) or streamable HTTP."""
     from client.connect import SERVERS
 
     if server not in SERVERS:
@@ -102,7 +102,7 @@ def serve(
     # Start the server's own entry point, as an IDE would; the client imports nothing of the server.
     args = [sys.executable, "-m", f"servers.{server}.server"]
     if http:
-        args += ["--http", "--host", host, "--port", str(port)]
+        args += ["--http", "--host", host] + (["--port", str(port)] if port else [])
     os.execv(sys.executable, args)
 
 
@@ -311,6 +311,13 @@ def guard_eval_pii(
 from client.judge_eval import judge_app  # noqa: E402  (guardrag judge eval: client/judge_eval.py)
 
 app.add_typer(judge_app, name="judge")
+
+
+# ------------------------------------------------------------------------------------------ agent
+
+from client.agent_cli import register as _register_agent  # noqa: E402  (guardrag ask, guardrag runs)
+
+_register_agent(app)
 
 
 if __name__ == "__main__":

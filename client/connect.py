@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from core.errors import GuardragError
 
-SERVERS = ("retrieval", "judge")
+SERVERS = ("retrieval", "graph", "judge")
 _PASS_ENV_PREFIXES = ("GUARDRAG_", "ORT_", "HF_", "TRANSFORMERS_", "ANONYMIZED_TELEMETRY", "CHROMA_", "DO_NOT_TRACK")
 
 

@@ -12,21 +12,16 @@ Run: ``guardrag serve judge`` (stdio) or ``guardrag serve judge --http --port 87
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 import threading
-from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
-from core.errors import GuardragError
 from core.settings import Settings, get_settings
+from servers.common import READ_ONLY, call_engine, serve_main
 from servers.judge.engine import JudgeEngine
 from servers.judge.schemas import (
     ContextCritique,
@@ -39,7 +34,6 @@ from servers.judge.schemas import (
 T = TypeVar("T")
 log = logging.getLogger("guardrag.judge")
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
 MAX_TEXT = 100_000
 """Longest answer, question or text a tool accepts (the judge reads the first 20,000 characters)."""
@@ -117,12 +111,6 @@ def build_server(settings: Settings | None = None, engine: JudgeEngine | None = 
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
     )
 
-    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-        except GuardragError as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from None
-
     @mcp.tool(annotations=READ_ONLY)
     async def judge_faithfulness(
         answer: Answer,
@@ -136,13 +124,13 @@ def build_server(settings: Settings | None = None, engine: JudgeEngine | None = 
         different number, date or name, a negation or an opposite word), with the cues. score = share of
         supported claims; verdict 'faithful' when it reaches the rubric's threshold and nothing is
         contradicted. Statements about the speaker ("I love it too") are listed as skipped."""
-        return _result(await run(engine.judge_faithfulness, answer, contexts, question))
+        return _result(await call_engine(engine.judge_faithfulness, answer, contexts, question))
 
     @mcp.tool(annotations=READ_ONLY)
     async def judge_relevance(question: Question, answer: Answer) -> RelevanceResult:
         """Does the answer address the question (whatever its truth)? Score in [0, 1], verdict relevant /
         partly / irrelevant, and the reason. A refusal or an empty answer scores low."""
-        return _result(await run(engine.judge_relevance, question, answer))
+        return _result(await call_engine(engine.judge_relevance, question, answer))
 
     @mcp.tool(annotations=READ_ONLY)
     async def critique_context(question: Question, contexts: Contexts) -> ContextCritique:
@@ -150,7 +138,7 @@ def build_server(settings: Settings | None = None, engine: JudgeEngine | None = 
         contradictions between contexts (numbers, negations, opposite words), whether together they suffice
         to answer, the question terms they miss and, when insufficient, up to three refined search queries
         to run next."""
-        return _result(await run(engine.critique_context, question, contexts))
+        return _result(await call_engine(engine.critique_context, question, contexts))
 
     @mcp.tool(annotations=READ_ONLY)
     async def judge_safety(
@@ -160,38 +148,20 @@ def build_server(settings: Settings | None = None, engine: JudgeEngine | None = 
         """Policy check of a text before it leaves: PII leak, secret leak (keys, tokens, passwords), instructions
         that echo a prompt injection, and harmful content per the safety rubric. Each category is flagged or
         not with its findings; safe = nothing flagged."""
-        return _result(await run(engine.judge_safety, text))
+        return _result(await call_engine(engine.judge_safety, text))
 
     @mcp.tool(annotations=READ_ONLY)
     async def judge_all(question: Question, answer: Answer, contexts: Contexts) -> JudgeAllResult:
         """All judgements in one call: faithfulness of the answer to the contexts, relevance to the question,
         the context critique, and the safety of the answer. passed = faithful, not irrelevant, and safe."""
-        return _result(await run(engine.judge_all, question, answer, contexts))
+        return _result(await call_engine(engine.judge_all, question, answer, contexts))
 
     return mcp
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m servers.judge.server [--http] [--host H] [--port N]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="guardrag-judge", description=__doc__.splitlines()[0])
-    parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8766)
-    args = parser.parse_args(argv)
-    serve(http=args.http, host=args.host, port=args.port)
-
-
-def serve(*, http: bool = False, host: str = "127.0.0.1", port: int = 8766, settings: Settings | None = None) -> None:
-    """Run the server over stdio or streamable HTTP (loopback by default)."""
-    settings = settings or get_settings()
-    logging.basicConfig(stream=sys.stderr, level=settings.log_level.upper())
-    server = build_server(settings)
-    if http:
-        server.run("streamable-http", host=host, port=port)
-    else:
-        server.run("stdio")
+    serve_main(build_server, prog="guardrag-judge", description=__doc__.splitlines()[0], port=8766, argv=argv)
 
 
 if __name__ == "__main__":
