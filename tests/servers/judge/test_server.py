@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 from mcp import Client
@@ -13,17 +10,12 @@ from mcp.client.stdio import StdioServerParameters
 
 from servers.judge.engine import JudgeEngine
 from servers.judge.server import build_server
-from tests.conftest import server_env
+from tests.conftest import http_server, server_env
 
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"judge_faithfulness", "judge_relevance", "critique_context", "judge_safety", "judge_all"}
 CONTEXTS = ["Starbucks was founded in Seattle, Washington in 1971.", "Its logo is a twin-tailed siren."]
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -95,32 +87,11 @@ async def test_stdio_subprocess(settings):
         assert not res.is_error and res.structured_content["verdict"] == "faithful"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_streamable_http_subprocess(settings):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "servers.judge.server", "--http", "--port", str(port)],
-                            env=server_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "HTTP server did not start"
-                time.sleep(0.1)
-        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+    with http_server("servers.judge.server", server_env(settings)) as url:
+        async with Client(url) as client:
             res = await client.call_tool("judge_relevance", {"question": "When was Starbucks founded?",
                                                              "answer": "Starbucks was founded in 1971."})
             assert not res.is_error and res.structured_content["verdict"] == "relevant"
             bad = await client.call_tool("judge_relevance", {"question": "x"})
             assert bad.is_error
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,11 @@ from mcp.client.stdio import StdioServerParameters
 from core.errors import InvalidInput, Unavailable
 from core.settings import RetrievalSettings, Settings
 from servers.retrieval.engine import RetrievalEngine, TextItem
-from tests.conftest import server_env
+from tests.conftest import free_port, server_env
 from tests.servers.retrieval.helpers import corpus_items, snapshot
 
 REPO = Path(__file__).resolve().parents[3]
 KB = "kbase"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ChromaServer:
@@ -53,7 +46,7 @@ def chroma_server(tmp_path_factory) -> ChromaServer:
     exe = Path(sys.executable).with_name("chroma")
     assert exe.is_file(), f"the chroma CLI is not installed next to {sys.executable}"
     base = tmp_path_factory.mktemp("chroma-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "CHROMA_TELEMETRY": "False", "DO_NOT_TRACK": "1"}
     log = base / "chroma.log"
@@ -215,16 +208,13 @@ def test_two_instances_on_one_chroma_server_see_each_others_writes(tmp_path, mod
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path, model_dir):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(Unavailable, match=f"cannot open Chroma at {url}"):
         RetrievalEngine(Settings(data_dir=tmp_path / "d", model_dir=model_dir, chroma_url=url))
     with pytest.raises(InvalidInput, match="must look like http://host:port"):
         RetrievalEngine(Settings(data_dir=tmp_path / "d", model_dir=model_dir, chroma_url="ftp://127.0.0.1:1"))
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.mark.anyio

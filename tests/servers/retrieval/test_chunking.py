@@ -58,7 +58,14 @@ def _train_corpus() -> list[str]:
 
 def _make_wordpiece_counter() -> Counter:
     """A real BERT-style WordPiece tokenizer trained in-process (adds [CLS]/[SEP])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -103,11 +103,6 @@ def test_caller_can_filter_on_the_stored_score(engine):
 
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_planted_instruction_comes_back_quarantined_over_mcp(settings, engine):
     """End to end: ingest through the MCP tool, search through MCP, in process."""

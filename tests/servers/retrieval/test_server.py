@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from servers.retrieval.server import build_server
-from tests.conftest import server_env
+from tests.conftest import http_server, server_env
 from tests.servers.retrieval.helpers import corpus_items, snapshot
 
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"ingest_text", "ingest_path", "search", "get_chunk", "get_document", "delete_document",
          "list_documents", "list_collections", "stats"}
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture
@@ -114,33 +106,12 @@ async def test_stdio_subprocess(settings, engine):
         assert res.structured_content["hits"][0]["provenance"]["doc_id"] == "kb-008"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_streamable_http_subprocess(settings, engine):
     engine.ingest_texts("kbase", corpus_items())
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "servers.retrieval.server", "--http", "--port", str(port)],
-                            env=server_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "HTTP server did not start"
-                time.sleep(0.1)
-        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+    with http_server("servers.retrieval.server", server_env(settings)) as url:
+        async with Client(url) as client:
             res = await client.call_tool("search", {"query": "export invoices as CSV", "k": 3, "collection": "kbase"})
             assert not res.is_error
             assert res.structured_content["hits"][0]["provenance"]["doc_id"] == "kb-003"
             bad = await client.call_tool("search", {"query": "x", "k": 0, "collection": "kbase"})
             assert bad.is_error
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
