@@ -180,6 +180,27 @@ class GraphSettings(BaseModel):
     min_community_size: int = Field(3, ge=2, description="Smaller communities get no summary.")
 
 
+class AgentSettings(BaseModel):
+    """The orchestrator behind ``guardrag ask``: search depth, refinement rounds, budgets and circuit breakers."""
+
+    k: int = Field(8, ge=1, le=100, description="Hits per search (retrieval) and per local search (graph).")
+    use_graph: bool = Field(True, description="Ask the graph server too, when it is installed and its graph exists.")
+    max_rounds: int = Field(2, ge=0, le=10, description="Most refine-and-search-again rounds after the first search.")
+    fail_on_max_rounds: bool = Field(
+        False, description="Context still insufficient after max_rounds: trip the 'max_rounds' breaker (else answer "
+        "with what there is, or say the context is insufficient).")
+    context_tokens: int = Field(1500, ge=32, description="Token budget of the context selected for the answer.")
+    max_run_tokens: int = Field(50_000, ge=1, description="Breaker: tokens one run may send to tools and models.")
+    max_steps: int = Field(30, ge=1, description="Breaker: most pipeline steps in one run.")
+    deadline_s: float = Field(300.0, gt=0, description="Breaker: wall-clock seconds a run (or a resume) may take.")
+    max_identical_calls: int = Field(1, ge=1, description="Breaker: times one exact tool call may be made in a run.")
+    answer_sentences: int = Field(3, ge=1, le=20, description="Most sentences the offline extractive answer quotes.")
+    min_answer_score: float = Field(0.35, ge=0, le=1, description="Offline answer: weakest sentence score it quotes.")
+    state_db: Path | None = Field(None, description="SQLite file of runs and steps; default DATA_DIR/runs.sqlite.")
+    webhook_url: str | None = Field(None, description="POST a JSON alert here when a breaker trips (unset: log only).")
+    webhook_timeout: float = Field(5.0, gt=0, description="Seconds the alert webhook may take.")
+
+
 class Settings(BaseSettings):
     """guardrag settings (env ``GUARDRAG_*``, optional ``guardrag.toml``)."""
 
@@ -203,6 +224,7 @@ class Settings(BaseSettings):
     guards: GuardSettings = Field(default_factory=GuardSettings)
     graph: GraphSettings = Field(default_factory=GraphSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
