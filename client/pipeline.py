@@ -1,0 +1,781 @@
+"""The guarded RAG pipeline behind ``guardrag ask``: typed steps over MCP, persisted, resumable, with breakers.
+
+    retrieve -> graph -> critique -> [refine -> critique]* -> select -> answer -> guard -> judge
+
+Each step is a function of the previous step's output (pydantic models in and out). The client
+talks to the servers only over MCP (:mod:`client.connect`): ``search`` on the retrieval server,
+``local_search`` on the graph server (when that server is installed and its graph exists; otherwise
+the step records a skip), ``critique_context`` and ``judge_all`` on the judge server. The answer is
+written by the configured model chain (:mod:`core.llm`) or, offline, by the extractive answerer
+(:mod:`client.answer`), then guarded by :func:`guards.policy.guard_output` with the question as the
+user's own text.
+
+**Guard verdicts are respected.** Blocked hits never enter the context (the server withholds their
+text; they are listed). Quarantined text arrives neutralised; the extractive answerer does not
+quote past a neutralised instruction, and a model sees the context only as a JSON data document.
+
+**State.** Every step is stored in :class:`client.state.RunStore` (one transaction per
+transition). Resuming a run replays its ``done`` steps from their stored outputs and redoes the
+step that failed or was in flight; control flow depends only on step outputs, so the replay takes
+the same path.
+
+**Circuit breakers** (``Settings.agent``): ``max_steps``, ``max_rounds`` (when
+``fail_on_max_rounds``), ``token_budget`` (tokens sent to tools and models, counted with the
+embedder's word-piece tokenizer, or ``len(text) // 4`` when the model is not installed), ``deadline``
+(wall-clock seconds of one run or resume) and ``repeated_tool_call`` (the same tool with the same
+arguments more than ``max_identical_calls`` times in a run). A trip ends the run with status
+``tripped``, an error object naming the breaker, an ``budget_exceeded`` answer error, a log line and,
+when ``webhook_url`` is set, a JSON POST.
+
+Test hook: with ``GUARDRAG_AGENT_PAUSE_AT=<step name>`` in the environment the orchestrator stops
+(sleeps) right after marking that step running, so a test can ``kill -9`` it mid-step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, Literal, Self, TypeVar
+
+import anyio
+import anyio.to_thread
+import httpx
+from pydantic import BaseModel, Field
+
+import core  # noqa: F401  (offline switches first)
+from client.answer import Answer, ContextItem, extractive_answer, model_answer
+from client.connect import SERVERS, ToolCallError, connect
+from client.connect import call as mcp_call
+from client.state import RunRecord, RunStore, default_db_path
+from core.errors import GuardragError
+from core.schemas import ErrorInfo, GuardVerdict
+from core.settings import Settings
+
+__all__ = ["BreakerTripped", "Pipeline", "RunResult", "open_store"]
+
+log = logging.getLogger("guardrag.agent")
+PIPELINE_VERSION = "1"
+PAUSE_ENV = "GUARDRAG_AGENT_PAUSE_AT"
+M = TypeVar("M", bound=BaseModel)
+
+
+# ============================================================================ step models
+
+
+class Hit(BaseModel):
+    """A retrieved chunk as the pipeline keeps it (text after the server's guard policy)."""
+
+    chunk_id: str
+    doc_id: str | None = None
+    source: str
+    title: str | None = None
+    text: str
+    start_char: int | None = None
+    end_char: int | None = None
+    score: float = 0.0
+    guard: str = "unscanned"
+    guard_categories: list[str] = Field(default_factory=list)
+    origin: Literal["retrieval", "graph"] = "retrieval"
+    query: str = ""
+
+
+class Withheld(BaseModel):
+    """A hit the guard policy withheld (no text ever reaches the client)."""
+
+    chunk_id: str
+    source: str
+    guard: str
+    categories: list[str] = Field(default_factory=list)
+
+
+class Ask(BaseModel):
+    """Input of the first step."""
+
+    question: str
+    collection: str | None = None
+    k: int = 8
+
+
+class Evidence(BaseModel):
+    """What has been found so far: hits (deduplicated by chunk id, in order found), withheld hits, queries run."""
+
+    ask: Ask
+    round: int = 0
+    searched: list[str] = Field(default_factory=list)
+    hits: list[Hit] = Field(default_factory=list)
+    withheld: list[Withheld] = Field(default_factory=list)
+    graph: dict[str, Any] | None = Field(None, description="The graph step's outcome: skipped/reason/entities.")
+
+
+class Critique(BaseModel):
+    sufficient: bool
+    sufficiency: float
+    contradictions: int = 0
+    grades: dict[str, str] = Field(default_factory=dict, description="chunk_id -> relevant / partly / irrelevant.")
+    missing: list[str] = Field(default_factory=list)
+    refined_queries: list[str] = Field(default_factory=list)
+    reason: str = ""
+    rubric: str | None = None
+
+
+class Critiqued(BaseModel):
+    evidence: Evidence
+    critique: Critique
+
+
+class Selected(BaseModel):
+    evidence: Evidence
+    critique: Critique
+    items: list[ContextItem]
+    tokens: int
+    budget: int
+    dropped: list[str] = Field(default_factory=list, description="Chunk ids left out (irrelevant or over budget).")
+
+
+class Answered(BaseModel):
+    selected: Selected
+    answer: Answer
+    answer_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class Guarded(BaseModel):
+    answered: Answered
+    answer: Answer
+    verdict: GuardVerdict
+    allowed: list[str] = Field(default_factory=list)
+
+
+class JudgeSummary(BaseModel):
+    skipped: bool = False
+    reason: str | None = None
+    passed: bool | None = None
+    faithfulness: float | None = None
+    faithfulness_verdict: str | None = None
+    relevance: float | None = None
+    relevance_verdict: str | None = None
+    safety: float | None = None
+    safe: bool | None = None
+    context_sufficiency: float | None = None
+    rubrics: list[str] = Field(default_factory=list)
+
+
+class Judged(BaseModel):
+    guarded: Guarded
+    judge: JudgeSummary
+
+
+class StepSummary(BaseModel):
+    seq: int
+    name: str
+    status: str
+    attempts: int
+    duration_ms: float | None = None
+    tokens: int = 0
+
+
+class RunResult(BaseModel):
+    """The outcome of ``guardrag ask``: the (guarded) answer, what the guards did, the judge's scores, the run's state."""
+
+    run_id: str
+    question: str
+    status: Literal["done", "tripped", "failed", "running"]
+    answer: Answer | None = None
+    output_guard: GuardVerdict | None = None
+    withheld: list[Withheld] = Field(default_factory=list, description="Hits the guard policy blocked.")
+    quarantined: list[str] = Field(default_factory=list, description="Chunk ids returned with instructions neutralised.")
+    critique: Critique | None = None
+    rounds: int = 0
+    judge: JudgeSummary | None = None
+    graph: dict[str, Any] | None = None
+    tokens: int = 0
+    steps: list[StepSummary] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+# ============================================================================ breakers
+
+
+class BreakerTripped(GuardragError):
+    """A circuit breaker ended the run."""
+
+    code = "circuit_breaker"
+
+    def __init__(self, breaker: str, message: str, **details: Any) -> None:
+        super().__init__(f"circuit breaker '{breaker}' tripped: {message}", details={"breaker": breaker, **details})
+        self.breaker = breaker
+
+
+class _Budget:
+    """Per-run counters the breakers read: tokens, tool-call fingerprints, start time."""
+
+    def __init__(self, settings: Settings, counter: Callable[[str], int]) -> None:
+        self.cfg = settings.agent
+        self.count = counter
+        self.tokens = 0
+        self.calls: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def check_deadline(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.cfg.deadline_s:
+            raise BreakerTripped("deadline", f"the run took longer than {self.cfg.deadline_s:g} s",
+                                 elapsed_s=round(elapsed, 3), limit_s=self.cfg.deadline_s)
+
+    def add_tokens(self, n: int) -> None:
+        self.tokens += n
+        if self.tokens > self.cfg.max_run_tokens:
+            raise BreakerTripped("token_budget", f"the run used {self.tokens} tokens, over its budget of "
+                                 f"{self.cfg.max_run_tokens}", tokens=self.tokens, limit=self.cfg.max_run_tokens)
+
+    def add_call(self, fingerprint: str, tool: str) -> None:
+        seen = self.calls.get(fingerprint, 0) + 1
+        if seen > self.cfg.max_identical_calls:
+            raise BreakerTripped("repeated_tool_call", f"{tool} was called {seen} times with the same arguments "
+                                 f"(limit {self.cfg.max_identical_calls})", tool=tool, fingerprint=fingerprint)
+        self.calls[fingerprint] = seen
+
+
+def _fingerprint(server: str, tool: str, args: dict[str, Any]) -> str:
+    canon = json.dumps([server, tool, args], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _alert(settings: Settings, run_id: str, exc: BreakerTripped) -> None:
+    """The alert hook: one log line, plus a JSON POST to ``agent.webhook_url`` when set (best effort)."""
+    log.warning("ALERT run=%s breaker=%s: %s", run_id, exc.breaker, exc.message)
+    url = settings.agent.webhook_url
+    if not url:
+        return
+    payload = {"event": "circuit_breaker", "run_id": run_id, "breaker": exc.breaker, "message": exc.message,
+               "details": exc.details, "at": time.time()}
+    try:
+        with httpx.Client(timeout=settings.agent.webhook_timeout, trust_env=False) as client:
+            client.post(url, json=payload).raise_for_status()
+    except httpx.HTTPError as err:
+        log.warning("alert webhook %s failed: %s", url, err)
+
+
+# ============================================================================ the pipeline
+
+
+def open_store(settings: Settings) -> RunStore:
+    """The run store at ``agent.state_db`` (default ``data_dir/runs.sqlite``)."""
+    return RunStore(default_db_path(settings.data_dir, settings.agent.state_db))
+
+
+class ServerPool:
+    """MCP sessions to the servers, opened on first use and kept until the pool closes.
+
+    ``async with ServerPool(env=...) as pool`` and pass ``pool=`` to :class:`Pipeline` to reuse the server
+    subprocesses across runs (tests, a long-lived agent); without one each run opens and closes its own."""
+
+    def __init__(self, *, env: dict[str, str] | None = None, server_env: dict[str, dict[str, str]] | None = None,
+                 timeout: float = 600) -> None:
+        self.env = env
+        self.server_env = server_env or {}
+        self.timeout = timeout
+        self._stack = AsyncExitStack()
+        self._clients: dict[str, Any] = {}
+        self._lock = anyio.Lock()
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        return await self._stack.__aexit__(*exc)
+
+    async def get(self, server: str) -> Any:
+        async with self._lock:
+            if server not in self._clients:
+                env = dict(self.env or {})
+                env.update(self.server_env.get(server, {}))
+                self._clients[server] = await self._stack.enter_async_context(
+                    connect(server, env=env or None, timeout=self.timeout))
+            return self._clients[server]
+
+
+class _Ctx:
+    """One execution (first run or a resume) of a run."""
+
+    def __init__(self, run: RunRecord, budget: _Budget, stack: AsyncExitStack) -> None:
+        self.run = run
+        self.budget = budget
+        self.stack = stack
+        self.seq = 0
+        self.step_name = ""
+        self.pool: ServerPool | None = None
+        self.step_calls: list[str] = []
+        self.step_tokens = 0
+
+
+class Pipeline:
+    """Runs and resumes questions. ``env`` is passed to the server subprocesses (e.g. their data dir);
+    ``server_env`` overrides it per server."""
+
+    def __init__(self, settings: Settings, store: RunStore | None = None, *, env: dict[str, str] | None = None,
+                 server_env: dict[str, dict[str, str]] | None = None, pool: ServerPool | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.store = store or open_store(settings)
+        self.env = env
+        self.server_env = server_env or {}
+        self._embedder: Any = None
+        self._embedder_failed = False
+
+    # ------------------------------------------------------------------ public
+
+    async def ask(self, question: str, *, collection: str | None = None) -> RunResult:
+        """Start a run for ``question`` and drive it to its end (done, tripped or failed)."""
+        if not question.strip():
+            raise GuardragError("the question is empty", code="invalid_input")
+        cfg = self.settings.agent
+        run = self.store.create_run(
+            question,
+            settings={"collection": collection, "agent": cfg.model_dump(mode="json"),
+                      "guards": self.settings.guards.model_dump(mode="json"),
+                      "llm": [e.label for e in self.settings.llm.chain()]},
+            versions=self._versions())
+        return await self._execute(run)
+
+    async def resume(self, run_id: str, *, force: bool = False) -> RunResult:
+        """Continue a running (its process died) or failed run at the step that did not finish."""
+        run = self.store.claim_run(run_id, force=force)
+        return await self._execute(run)
+
+    def result_of(self, run_id: str) -> RunResult:
+        """The stored result of a run, or what is known so far when it did not end."""
+        run = self.store.get_run(run_id, steps=True)
+        if run.result:
+            return RunResult.model_validate(run.result)
+        return RunResult(run_id=run.id, question=run.question, status=run.status, steps=_summaries(run),
+                         error=ErrorInfo.model_validate(run.error) if run.error else None)
+
+    # ------------------------------------------------------------------ driver
+
+    async def _execute(self, run: RunRecord) -> RunResult:
+        budget = _Budget(self.settings, self._count)
+        ask = Ask(question=run.question, collection=run.settings.get("collection"), k=self.settings.agent.k)
+        final: RunResult
+        try:
+            async with AsyncExitStack() as stack:
+                ctx = _Ctx(run, budget, stack)
+                try:
+                    judged = await self._flow(ctx, ask)
+                except BreakerTripped as exc:
+                    final = self._finish_tripped(ctx, exc)
+                except Exception as exc:  # noqa: BLE001 - recorded; the run stays resumable
+                    final = self._finish_failed(ctx, exc)
+                else:
+                    final = self._finish_done(ctx, judged)
+        except Exception as exc:  # noqa: BLE001 - a server that died makes its client's exit raise; state is recorded
+            log.debug("closing the MCP sessions of run %s: %r", run.id, exc)
+            stored = self.store.get_run(run.id)
+            if stored.status == "running":
+                err = _error_info(exc)
+                self.store.finish_run(run.id, "failed", error=err)
+            final = self.result_of(run.id)
+        return final
+
+    async def _flow(self, ctx: _Ctx, ask: Ask) -> Judged:
+        cfg = self.settings.agent
+        ev = await self._step(ctx, "retrieve", ask, Evidence, self._retrieve)
+        ev = await self._step(ctx, "graph", ev, Evidence, self._graph)
+        cr = await self._step(ctx, "critique", ev, Critiqued, self._critique)
+        while not _good(cr.critique):
+            if cr.evidence.round >= cfg.max_rounds:
+                if cfg.fail_on_max_rounds:
+                    raise BreakerTripped("max_rounds", f"the context is still {_why(cr.critique)} after "
+                                         f"{cr.evidence.round} refinement round(s)", rounds=cr.evidence.round,
+                                         limit=cfg.max_rounds)
+                break
+            if not _new_queries(cr):
+                break
+            ev = await self._step(ctx, "refine", cr, Evidence, self._refine)
+            if len(ev.hits) == len(cr.evidence.hits):  # the refined queries found nothing new: stop refining
+                break
+            cr = await self._step(ctx, "critique", ev, Critiqued, self._critique)
+        sel = await self._step(ctx, "select", cr, Selected, self._select)
+        ans = await self._step(ctx, "answer", sel, Answered, self._answer)
+        grd = await self._step(ctx, "guard", ans, Guarded, self._guard)
+        return await self._step(ctx, "judge", grd, Judged, self._judge)
+
+    async def _step(self, ctx: _Ctx, name: str, inp: BaseModel, out: type[M],
+                    fn: Callable[[_Ctx, Any], Awaitable[M]]) -> M:
+        """Replay step ``seq`` when it is done; otherwise check the breakers, run it and record it."""
+        ctx.seq += 1
+        ctx.step_name = name
+        seq, run_id = ctx.seq, ctx.run.id
+        stored = self.store.get_step(run_id, seq)
+        if stored is not None and stored.status == "done":
+            if stored.name != name:
+                raise GuardragError(f"run {run_id} step {seq} is {stored.name!r}, not {name!r}: the stored history "
+                                    "does not match this pipeline", code="conflict")
+            ctx.budget.tokens += stored.tokens
+            for fp in stored.calls:
+                ctx.budget.calls[fp] = ctx.budget.calls.get(fp, 0) + 1
+            return out.model_validate(stored.output)
+        self.store.begin_step(run_id, seq, name, inp)
+        ctx.step_calls, ctx.step_tokens = [], 0
+        started = time.perf_counter()
+        try:
+            if seq > self.settings.agent.max_steps:
+                raise BreakerTripped("max_steps", f"step {seq} ({name}) would exceed the limit of "
+                                     f"{self.settings.agent.max_steps} steps", limit=self.settings.agent.max_steps)
+            ctx.budget.check_deadline()
+            if os.environ.get(PAUSE_ENV) == name:  # test hook: stay here until killed
+                log.warning("paused at step %s of run %s (%s is set)", name, run_id, PAUSE_ENV)
+                await anyio.sleep(3600)
+            result = await fn(ctx, inp)
+        except BaseException as exc:
+            err = _error_info(exc, step=name, seq=seq)
+            timings = {"ms": round((time.perf_counter() - started) * 1000, 3)}
+            self.store.fail_step(run_id, seq, err, tokens=ctx.step_tokens, calls=ctx.step_calls, timings=timings)
+            raise
+        timings = {"ms": round((time.perf_counter() - started) * 1000, 3)}
+        self.store.complete_step(run_id, seq, result, tokens=ctx.step_tokens, calls=ctx.step_calls, timings=timings,
+                                 versions=_step_versions(result))
+        return result
+
+    # ------------------------------------------------------------------ MCP
+
+    async def _client(self, ctx: _Ctx, server: str) -> Any:
+        if ctx.pool is None:
+            ctx.pool = self.pool or await ctx.stack.enter_async_context(
+                ServerPool(env=self.env, server_env=self.server_env, timeout=self.settings.agent.deadline_s))
+        return await ctx.pool.get(server)
+
+    async def _call(self, ctx: _Ctx, server: str, tool: str, args: dict[str, Any], *, text: str = "") -> dict[str, Any]:
+        """One tool call under the breakers: deadline, repeated identical call, token budget (``text`` is what the
+        call sends that counts as tokens)."""
+        ctx.budget.check_deadline()
+        fp = _fingerprint(server, tool, args)
+        ctx.budget.add_call(fp, tool)
+        ctx.step_calls.append(fp)
+        if text:
+            n = await anyio.to_thread.run_sync(self._count, text)
+            ctx.step_tokens += n
+            ctx.budget.add_tokens(n)
+        client = await self._client(ctx, server)
+        with anyio.fail_after(max(0.001, self.settings.agent.deadline_s - (time.monotonic() - ctx.budget.started))):
+            return await mcp_call(client, tool, args)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _search(self, ctx: _Ctx, ask: Ask, query: str) -> tuple[list[Hit], list[Withheld]]:
+        args: dict[str, Any] = {"query": query, "k": ask.k}
+        if ask.collection:
+            args["collection"] = ask.collection
+        res = await self._call(ctx, "retrieval", "search", args, text=query)
+        hits = []
+        for h in res.get("hits", []):
+            if h.get("text") is None or h.get("guard", {}).get("status") == "blocked":
+                continue
+            prov = h.get("provenance", {})
+            hits.append(Hit(chunk_id=h["chunk_id"], doc_id=prov.get("doc_id"), source=prov.get("source", "?"),
+                            title=prov.get("title"), text=h["text"], start_char=prov.get("start_char"),
+                            end_char=prov.get("end_char"), score=float(h.get("score", 0.0)),
+                            guard=h.get("guard", {}).get("status", "unscanned"),
+                            guard_categories=sorted({f["category"] for f in h.get("guard", {}).get("findings", [])}),
+                            query=query))
+        withheld = [Withheld(chunk_id=b["chunk_id"], source=b.get("provenance", {}).get("source", "?"),
+                             guard=b.get("guard", {}).get("status", "blocked"),
+                             categories=sorted({f["category"] for f in b.get("guard", {}).get("findings", [])}))
+                    for b in res.get("blocked", [])]
+        return hits, withheld
+
+    async def _retrieve(self, ctx: _Ctx, ask: Ask) -> Evidence:
+        hits, withheld = await self._search(ctx, ask, ask.question)
+        return Evidence(ask=ask, round=0, searched=[ask.question], hits=hits, withheld=withheld)
+
+    async def _graph(self, ctx: _Ctx, ev: Evidence) -> Evidence:
+        if not self.settings.agent.use_graph:
+            return ev.model_copy(update={"graph": {"skipped": True, "reason": "agent.use_graph is off"}})
+        if "graph" not in SERVERS:
+            return ev.model_copy(update={"graph": {"skipped": True, "reason": "no graph server in this install"}})
+        coll = {"collection": ev.ask.collection} if ev.ask.collection else {}
+        try:
+            stats = await self._call(ctx, "graph", "graph_stats", coll)
+        except ToolCallError as exc:
+            return ev.model_copy(update={"graph": {"skipped": True, "reason": f"no graph: {exc.message}"}})
+        except (OSError, GuardragError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            if isinstance(exc, BreakerTripped):
+                raise
+            # The graph is optional context: a graph server that cannot start does not fail the run.
+            return ev.model_copy(update={"graph": {"skipped": True, "reason": f"graph server unavailable: {exc}"}})
+        if not stats.get("entities"):
+            return ev.model_copy(update={"graph": {"skipped": True, "reason": "the graph is empty"}})
+        res = await self._call(ctx, "graph", "local_search", {"query": ev.ask.question, "k": ev.ask.k, **coll},
+                               text=ev.ask.question)
+        hits, withheld, known = list(ev.hits), list(ev.withheld), {h.chunk_id for h in ev.hits}
+        for c in res.get("chunks", []):
+            status = c.get("guard", {}).get("status", "unscanned")
+            cats = sorted({f["category"] for f in c.get("guard", {}).get("findings", [])})
+            if c.get("text") is None or status == "blocked":
+                withheld.append(Withheld(chunk_id=c["chunk_id"], source=f"graph:{c.get('doc_id')}", guard=status,
+                                         categories=cats))
+            elif c["chunk_id"] not in known:
+                known.add(c["chunk_id"])
+                hits.append(Hit(chunk_id=c["chunk_id"], doc_id=c.get("doc_id"), source=c.get("doc_id") or "graph",
+                                title=c.get("title"), text=c["text"], score=float(c.get("score", 0.0)), guard=status,
+                                guard_categories=cats, origin="graph", query=ev.ask.question))
+        entities = [e.get("name") or e.get("id") for e in res.get("entities", [])][:20]
+        return ev.model_copy(update={"hits": hits, "withheld": withheld,
+                                     "graph": {"skipped": False, "entities": entities,
+                                               "chunks": len(res.get("chunks", []))}})
+
+    async def _critique(self, ctx: _Ctx, ev: Evidence) -> Critiqued:
+        hits = ev.hits[:50]
+        if not hits:
+            crit = Critique(sufficient=False, sufficiency=0.0, reason="nothing was retrieved",
+                            refined_queries=[])
+            return Critiqued(evidence=ev, critique=crit)
+        contexts = [h.text for h in hits]
+        res = await self._call(ctx, "judge", "critique_context", {"question": ev.ask.question, "contexts": contexts},
+                               text=ev.ask.question + "\n" + "\n".join(contexts))
+        grades = {}
+        for g in res.get("contexts", []):
+            if 0 <= g["index"] < len(hits):
+                grades[hits[g["index"]].chunk_id] = g["verdict"]
+        crit = Critique(sufficient=bool(res.get("sufficient")), sufficiency=float(res.get("sufficiency", 0.0)),
+                        contradictions=len(res.get("contradictions", [])), grades=grades,
+                        missing=list(res.get("missing", [])), refined_queries=list(res.get("refined_queries", [])),
+                        reason=res.get("reason", ""), rubric=(res.get("run") or {}).get("rubric"))
+        return Critiqued(evidence=ev, critique=crit)
+
+    async def _refine(self, ctx: _Ctx, cr: Critiqued) -> Evidence:
+        ev = cr.evidence
+        hits, withheld = list(ev.hits), list(ev.withheld)
+        known, gone = {h.chunk_id for h in hits}, {w.chunk_id for w in withheld}
+        queries = _new_queries(cr)
+        for q in queries:
+            new_hits, new_withheld = await self._search(ctx, ev.ask, q)
+            hits += [h for h in new_hits if h.chunk_id not in known and not known.add(h.chunk_id)]  # type: ignore[func-returns-value]
+            withheld += [w for w in new_withheld if w.chunk_id not in gone and not gone.add(w.chunk_id)]  # type: ignore[func-returns-value]
+        return Evidence(ask=ev.ask, round=ev.round + 1, searched=ev.searched + queries, hits=hits, withheld=withheld,
+                        graph=ev.graph)
+
+    async def _select(self, ctx: _Ctx, cr: Critiqued) -> Selected:
+        budget = self.settings.agent.context_tokens
+        rank = {"relevant": 0, "partly": 1, None: 1, "irrelevant": 2}
+        hits = list(cr.evidence.hits)
+        graded = sorted(range(len(hits)), key=lambda i: (rank.get(cr.critique.grades.get(hits[i].chunk_id), 1), i))
+        useful = [i for i in graded if cr.critique.grades.get(hits[i].chunk_id) != "irrelevant"] or graded
+        items, used, dropped = [], 0, []
+        for i in graded:
+            h = hits[i]
+            if i not in useful:
+                dropped.append(h.chunk_id)
+                continue
+            n = await anyio.to_thread.run_sync(self._count, h.text)
+            if used + n > budget:
+                dropped.append(h.chunk_id)
+                continue
+            used += n
+            items.append(ContextItem(chunk_id=h.chunk_id, doc_id=h.doc_id, source=h.source, title=h.title, text=h.text,
+                                     start_char=h.start_char, guard=h.guard, origin=h.origin, score=h.score, tokens=n))
+        return Selected(evidence=cr.evidence, critique=cr.critique, items=items, tokens=used, budget=budget,
+                        dropped=dropped)
+
+    async def _answer(self, ctx: _Ctx, sel: Selected) -> Answered:
+        cfg = self.settings.agent
+        if not sel.items:
+            if sel.evidence.withheld and not sel.evidence.hits:
+                ans = Answer.failure("blocked_by_guard", "every passage found was withheld by the guard policy",
+                                     withheld=[w.chunk_id for w in sel.evidence.withheld])
+            else:
+                ans = Answer.failure("insufficient_context", "no usable context was found for the question")
+            return Answered(selected=sel, answer=ans)
+        info: dict[str, Any] = {}
+        from core.llm import FallbackChain, LLMError, backends_from_settings
+
+        backends = backends_from_settings(self.settings.llm)
+        if backends:
+            prompt_tokens = sum(i.tokens for i in sel.items)
+            ctx.step_tokens += prompt_tokens
+            ctx.budget.add_tokens(prompt_tokens)
+            try:
+                ans, info = await anyio.to_thread.run_sync(model_answer, sel.evidence.ask.question, sel.items,
+                                                           FallbackChain(backends))
+                extra = max(0, int(info.get("tokens") or 0) - prompt_tokens)
+                ctx.step_tokens += extra
+                ctx.budget.add_tokens(extra)
+                return Answered(selected=sel, answer=ans, answer_info=info)
+            except LLMError as exc:
+                info = {"fallback_from": exc.message}
+            finally:
+                for b in backends:
+                    b.close()
+        embedder = await anyio.to_thread.run_sync(self._get_embedder)
+        if embedder is None:
+            return Answered(selected=sel, answer=Answer.failure(
+                "failed", "no model backend is configured and the embedding model is not installed "
+                "(`guardrag models install`)"), answer_info=info)
+        ans = await anyio.to_thread.run_sync(
+            lambda: extractive_answer(sel.evidence.ask.question, sel.items, embedder,
+                                      max_sentences=cfg.answer_sentences, min_score=cfg.min_answer_score,
+                                      sufficiency=sel.critique.sufficiency))
+        return Answered(selected=sel, answer=ans, answer_info=info)
+
+    async def _guard(self, ctx: _Ctx, ans: Answered) -> Guarded:
+        if ans.answer.error is not None or not ans.answer.text:
+            return Guarded(answered=ans, answer=ans.answer,
+                           verdict=GuardVerdict(status="unscanned", details={"reason": "no answer text"}))
+        from guards.policy import guard_output
+
+        out = await anyio.to_thread.run_sync(
+            lambda: guard_output(ans.answer.text or "", self.settings.guards, user_text=ans.selected.evidence.ask.question))
+        if out.text is None:
+            answer = Answer.failure("blocked_by_guard", "the answer was withheld by the output guard",
+                                    findings=sorted({f.category for f in out.verdict.findings}))
+        else:
+            answer = ans.answer.model_copy(update={"text": out.text})
+        return Guarded(answered=ans, answer=answer, verdict=out.verdict, allowed=out.allowed)
+
+    async def _judge(self, ctx: _Ctx, g: Guarded) -> Judged:
+        if g.answer.error is not None or not g.answer.text:
+            return Judged(guarded=g, judge=JudgeSummary(skipped=True, reason="there is no answer to judge"))
+        items = g.answered.selected.items
+        contexts = [i.text for i in items][:50]
+        res = await self._call(ctx, "judge", "judge_all",
+                               {"question": g.answered.selected.evidence.ask.question, "answer": g.answer.text,
+                                "contexts": contexts},
+                               text=g.answer.text + "\n" + "\n".join(contexts))
+        rubrics = [res[p]["run"]["rubric"] for p in ("faithfulness", "relevance", "context", "safety")
+                   if isinstance(res.get(p), dict) and res[p].get("run")]
+        summary = JudgeSummary(
+            passed=res.get("passed"), faithfulness=res["faithfulness"]["score"],
+            faithfulness_verdict=res["faithfulness"]["verdict"], relevance=res["relevance"]["score"],
+            relevance_verdict=res["relevance"]["verdict"], safety=res["safety"]["score"], safe=res["safety"]["safe"],
+            context_sufficiency=res["context"]["sufficiency"], rubrics=rubrics)
+        return Judged(guarded=g, judge=summary)
+
+    # ------------------------------------------------------------------ endings
+
+    def _base_result(self, ctx: _Ctx, status: str) -> RunResult:
+        run = self.store.get_run(ctx.run.id, steps=True)
+        return RunResult(run_id=run.id, question=run.question, status=status,  # type: ignore[arg-type]
+                         tokens=ctx.budget.tokens, steps=_summaries(run))
+
+    def _finish_done(self, ctx: _Ctx, j: Judged) -> RunResult:
+        ev = j.guarded.answered.selected.evidence
+        res = self._base_result(ctx, "done")
+        res.answer = j.guarded.answer
+        res.output_guard = j.guarded.verdict
+        res.withheld = ev.withheld
+        res.quarantined = [h.chunk_id for h in ev.hits if h.guard == "quarantined"]
+        res.critique = j.guarded.answered.selected.critique
+        res.rounds = sum(s.name == "refine" for s in res.steps)
+        res.judge = j.judge
+        res.graph = ev.graph
+        self.store.finish_run(ctx.run.id, "done", result=res)
+        return res
+
+    def _finish_tripped(self, ctx: _Ctx, exc: BreakerTripped) -> RunResult:
+        err = _error_info(exc, step=ctx.step_name, seq=ctx.seq)
+        res = self._base_result(ctx, "tripped")
+        res.error = err
+        res.answer = Answer.failure("budget_exceeded", exc.message, breaker=exc.breaker)
+        self.store.finish_run(ctx.run.id, "tripped", result=res, error=err)
+        _alert(self.settings, ctx.run.id, exc)
+        return res
+
+    def _finish_failed(self, ctx: _Ctx, exc: Exception) -> RunResult:
+        err = _error_info(exc, step=ctx.step_name, seq=ctx.seq)
+        self.store.finish_run(ctx.run.id, "failed", error=err)
+        log.warning("run %s failed at step %s: %s (resume with `guardrag runs resume %s`)", ctx.run.id, ctx.seq,
+                    err.message, ctx.run.id)
+        res = self._base_result(ctx, "failed")
+        res.error = err
+        return res
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get_embedder(self) -> Any:
+        if self._embedder is None and not self._embedder_failed:
+            try:
+                from core.embedder import get_embedder
+
+                self._embedder = get_embedder(self.settings.model_dir, threads=self.settings.embed_threads)
+            except Exception as exc:  # noqa: BLE001 - the model may not be installed: estimate instead
+                log.info("embedder unavailable (%s); token counts are estimated", exc)
+                self._embedder_failed = True
+        return self._embedder
+
+    def _count(self, text: str) -> int:
+        """Tokens of ``text``: the embedder's word pieces, or ``len(text) // 4`` (a documented estimate) without it."""
+        emb = self._get_embedder()
+        return emb.count_tokens(text) if emb is not None else max(1, len(text) // 4)
+
+    def _versions(self) -> dict[str, Any]:
+        from guards import injection
+        from guards.policy import POLICY_VERSION
+
+        return {"pipeline": PIPELINE_VERSION, "guard_policy": POLICY_VERSION,
+                "injection_scanner": injection.SCANNER_VERSION, "embedder_dir": str(self.settings.model_dir)}
+
+
+# ============================================================================ small functions
+
+
+def _good(c: Critique) -> bool:
+    return c.sufficient and c.contradictions == 0
+
+
+def _why(c: Critique) -> str:
+    return "contradictory" if c.contradictions else "insufficient"
+
+
+def _new_queries(cr: Critiqued) -> list[str]:
+    seen = {" ".join(q.split()).lower() for q in cr.evidence.searched}
+    out = []
+    for q in cr.critique.refined_queries:
+        key = " ".join(q.split()).lower()
+        if key and key not in seen:
+            seen.add(key)
+            out.append(q)
+    return out
+
+
+def _error_info(exc: BaseException, **where: Any) -> ErrorInfo:
+    found = _find_guardrag(exc)
+    if found is not None:
+        return ErrorInfo(code=found.code, message=found.message, details={**found.details, **where})
+    if isinstance(exc, TimeoutError):
+        return ErrorInfo(code="timeout", message="a tool call did not answer before the run's deadline", details=where)
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return ErrorInfo(code="cancelled", message="the run was cancelled", details=where)
+    return ErrorInfo(code="step_failed", message=f"{type(exc).__name__}: {exc}"[:2000], details=where)
+
+
+def _find_guardrag(exc: BaseException) -> GuardragError | None:
+    if isinstance(exc, GuardragError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_guardrag(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _step_versions(result: BaseModel) -> dict[str, Any]:
+    if isinstance(result, Critiqued) and result.critique.rubric:
+        return {"rubric": result.critique.rubric}
+    if isinstance(result, Answered):
+        return {"answer_backend": result.answer.backend}
+    if isinstance(result, Guarded):
+        return {"policy": result.verdict.policy, **{k: v for k, v in result.verdict.details.items() if "scanner" in k}}
+    if isinstance(result, Judged):
+        return {"rubrics": result.judge.rubrics}
+    return {}
+
+
+def _summaries(run: RunRecord) -> list[StepSummary]:
+    return [StepSummary(seq=s.seq, name=s.name, status=s.status, attempts=s.attempts, duration_ms=s.duration_ms,
+                        tokens=s.tokens) for s in run.steps]
