@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 import core  # noqa: F401  (offline switches)
-from core.errors import GuardragError
+from core.errors import GuardragError, find_guardrag_error
 from core.settings import get_settings
 
 runs_app = typer.Typer(help="Stored runs of `guardrag ask`: list, show, resume.", no_args_is_help=True)
@@ -38,15 +38,6 @@ def _fail(exc: BaseException, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _ours(exc: BaseException) -> GuardragError | None:
-    if isinstance(exc, GuardragError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _ours(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _pipeline() -> Any:
@@ -59,7 +50,7 @@ def _drive(fn: Any, *args: Any) -> Any:
     try:
         return anyio.run(fn, *args)
     except BaseException as exc:
-        found = _ours(exc)
+        found = find_guardrag_error(exc)
         if found is None:
             raise
         _fail(found)

@@ -12,12 +12,18 @@ import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 import core  # noqa: F401  (offline switches)
 from client.connect import call, connect
-from core.errors import GuardragError, InvalidInput
+from core.errors import GuardragError, InvalidInput, find_guardrag_error
 from core.settings import get_settings
 
 app = typer.Typer(help="guardrag: guarded retrieval, GraphRAG and judging over MCP. Offline by default.",
@@ -43,21 +49,12 @@ def _run(fn: Any, *args: Any) -> Any:
     try:
         return anyio.run(fn, *args)
     except BaseException as exc:  # noqa: BLE001 - re-raised below unless it is ours
-        found = _find_ours(exc)
+        found = find_guardrag_error(exc)
         if found is None:
             raise
         _fail(found)
 
 
-def _find_ours(exc: BaseException) -> GuardragError | None:
-    if isinstance(exc, GuardragError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_ours(inner)
-            if found is not None:
-                return found
-    return None
 
 
 @models_app.command("status")

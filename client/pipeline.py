@@ -52,7 +52,7 @@ from client.answer import Answer, ContextItem, extractive_answer, model_answer
 from client.connect import SERVERS, ToolCallError, connect
 from client.connect import call as mcp_call
 from client.state import RunRecord, RunStore, default_db_path
-from core.errors import GuardragError
+from core.errors import GuardragError, find_guardrag_error
 from core.schemas import ErrorInfo, GuardVerdict
 from core.settings import Settings
 
@@ -743,7 +743,7 @@ def _new_queries(cr: Critiqued) -> list[str]:
 
 
 def _error_info(exc: BaseException, **where: Any) -> ErrorInfo:
-    found = _find_guardrag(exc)
+    found = find_guardrag_error(exc)
     if found is not None:
         return ErrorInfo(code=found.code, message=found.message, details={**found.details, **where})
     if isinstance(exc, TimeoutError):
@@ -753,15 +753,6 @@ def _error_info(exc: BaseException, **where: Any) -> ErrorInfo:
     return ErrorInfo(code="step_failed", message=f"{type(exc).__name__}: {exc}"[:2000], details=where)
 
 
-def _find_guardrag(exc: BaseException) -> GuardragError | None:
-    if isinstance(exc, GuardragError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_guardrag(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _step_versions(result: BaseModel) -> dict[str, Any]:

@@ -47,3 +47,15 @@ class Unavailable(GuardragError):
     """A dependency (model files, Chroma server) is missing or unreachable."""
 
     code = "unavailable"
+
+
+def find_guardrag_error(exc: BaseException) -> GuardragError | None:
+    """The first GuardragError in ``exc``, looking inside exception groups (anyio task groups wrap errors)."""
+    if isinstance(exc, GuardragError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_guardrag_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -13,13 +13,13 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import ToolAnnotations
-from pydantic import Field
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from core.errors import GuardragError
 from core.settings import Settings, get_settings
 
-__all__ = ["DELETE", "READ_ONLY", "WRITE", "Collection", "Cursor", "call_engine", "read_resource", "serve_main"]
+__all__ = ["DELETE", "READ_ONLY", "WRITE", "Collection", "Cursor", "call_engine", "read_resource", "serve_main", "tool_result"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,11 @@ async def read_resource(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
     except GuardragError as exc:
         raise ResourceNotFoundError(exc.message) from None
+
+
+def tool_result(result: BaseModel, text: str) -> CallToolResult:
+    """A tool result with both parts: ``text`` for a model to read, the structured result for a program."""
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=result.model_dump(mode="json"))
 
 
 def serve_main(build_server: Callable[[Settings], MCPServer], *, prog: str, description: str, port: int,

@@ -17,7 +17,7 @@ from typing import Annotated, TypeVar
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from core.errors import InvalidInput
@@ -51,6 +51,7 @@ from servers.common import (
     call_engine,
     read_resource,
     serve_main,
+    tool_result,
 )
 from servers.graph.retrieval_store import MAX_PULL, RetrievalStore
 from servers.graph.schemas import GraphIngestResult, PullInfo
@@ -176,8 +177,7 @@ def render(result: BaseModel) -> str:
 
 
 def _result(result: BaseModel) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=render(result))],
-                          structured_content=result.model_dump(mode="json"))
+    return tool_result(result, render(result))
 
 
 # ------------------------------------------------------------------------------------------ server

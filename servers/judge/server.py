@@ -17,11 +17,11 @@ import threading
 from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import MCPServer
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from core.settings import Settings, get_settings
-from servers.common import READ_ONLY, call_engine, serve_main
+from servers.common import READ_ONLY, call_engine, serve_main, tool_result
 from servers.judge.engine import JudgeEngine
 from servers.judge.schemas import (
     ContextCritique,
@@ -89,8 +89,7 @@ def render(result: BaseModel) -> str:
 
 
 def _result(result: BaseModel) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=render(result))],
-                          structured_content=result.model_dump(mode="json"))
+    return tool_result(result, render(result))
 
 
 def build_server(settings: Settings | None = None, engine: JudgeEngine | None = None) -> MCPServer:

@@ -17,7 +17,6 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
 from core.settings import Settings, get_settings
@@ -30,6 +29,7 @@ from servers.common import (
     call_engine,
     read_resource,
     serve_main,
+    tool_result,
 )
 from servers.retrieval.engine import RetrievalEngine, TextItem
 from servers.retrieval.schemas import (
@@ -162,8 +162,7 @@ def build_server(settings: Settings | None = None, engine: RetrievalEngine | Non
             unique_documents=unique_documents, mmr=mmr, mmr_lambda=mmr_lambda,
             vector_weight=vector_weight, bm25_weight=bm25_weight,
         )
-        return CallToolResult(content=[TextContent(type="text", text=render_hits(result))],
-                              structured_content=result.model_dump(mode="json"))
+        return tool_result(result, render_hits(result))
 
     @mcp.tool(annotations=READ_ONLY)
     async def get_chunk(
