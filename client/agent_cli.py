@@ -56,7 +56,7 @@ def _drive(fn: Any, *args: Any) -> Any:
         _fail(found)
 
 
-def _show_result(res: Any) -> None:
+def show_result(res: Any) -> None:
     """The rich rendering of a :class:`client.pipeline.RunResult`."""
     ans = res.answer
     if ans is not None and ans.error is None and ans.text:
@@ -114,7 +114,7 @@ def ask(
     if as_json:
         out.print_json(res.model_dump_json())
     else:
-        _show_result(res)
+        show_result(res)
     _exit_for(res)
 
 
@@ -169,7 +169,7 @@ def runs_show(
     if run.result:
         from client.pipeline import RunResult
 
-        _show_result(RunResult.model_validate(run.result))
+        show_result(RunResult.model_validate(run.result))
     elif run.error:
         console.print(f"[bold red]{run.status}[/]: {escape(str(run.error.get('code')))}: "
                       f"{escape(str(run.error.get('message')))}")
@@ -188,7 +188,7 @@ def runs_resume(
     if as_json:
         out.print_json(res.model_dump_json())
     else:
-        _show_result(res)
+        show_result(res)
     _exit_for(res)
 
 

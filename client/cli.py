@@ -218,13 +218,20 @@ async def _demo(query: str, env: dict[str, str]) -> None:
         filtered = await call(client, "search", {"query": query, "k": 3, "collection": "examples", "filter": where})
         out.print(_hits_table(filtered))
         out.print(f"[dim]the last search used filter={json.dumps(where)}, applied to both legs[/]")
+    # The main job: the guarded RAG pipeline over the retrieval, graph and judge servers (all over MCP).
+    from client.agent_cli import show_result
+    from client.pipeline import Pipeline
+
+    out.rule(f"guardrag ask {query!r}")
+    show_result(await Pipeline(get_settings(), env=env).ask(query, collection="examples"))
 
 
 @app.command()
 def demo(
     query: Annotated[str, typer.Option(help="The query to run after ingesting.")] = "How do I rotate an API key without downtime?",
 ) -> None:
-    """Ingest the bundled examples/ and search them, through a real MCP client talking to the server over stdio."""
+    """Ingest the bundled examples/, search them, and answer a question with `guardrag ask`: real MCP clients
+    talking to the servers over stdio."""
     from core.models import model_status
 
     settings = get_settings()

@@ -15,6 +15,7 @@ No MCP here. Import cost: the spaCy model loads on the first scan (about 2 s).
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 import threading
 from functools import lru_cache
@@ -320,6 +321,8 @@ _lock = threading.Lock()
 def analyzer(*, with_ours: bool = True):
     """Presidio's AnalyzerEngine over the registry spaCy pipeline; ``with_ours=False`` is vanilla Presidio
     (default recognizers, same spaCy model), the baseline of ``bench/guards.py``."""
+    # Presidio warns once per predefined recognizer of another language ("not added to registry"): noise.
+    logging.getLogger("presidio-analyzer").setLevel(max(logging.ERROR, logging.getLogger("presidio-analyzer").level))
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 

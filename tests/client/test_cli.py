@@ -49,3 +49,14 @@ def test_bad_input_is_a_clear_error(cli_env):
     assert res.exit_code == 1 and "--filter is not valid JSON" in res.output
     res = runner.invoke(app, ["search", "x", "--collection", "never-made"])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_demo_runs_the_main_job_end_to_end(cli_env):
+    """`guardrag demo`: ingest examples/, search, then `ask` through the retrieval, graph and judge servers;
+    the example with a planted instruction is quarantined and the answer cites the key-rotation text."""
+    res = runner.invoke(app, ["demo"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "ingested" in res.output and "6 added" in res.output
+    assert "answer (confidence" in res.output and "offline-extractive" in res.output
+    assert "quarantined chunks" in res.output and "vendor-notes.md#" in res.output
+    assert "keys@vendor-support.example" not in res.output.split("guardrag ask")[-1]

@@ -204,3 +204,14 @@ def test_llm_failures_fall_back_down_the_chain_then_offline(judge):
         r = _llm_judge(judge, broken, bad).judge_faithfulness(SUPPORTED[0], CONTEXTS)
     assert r.run.backend == "offline-evidence" and r.verdict == "faithful"
     assert len(r.run.fallback_from) == 2 and "after one repair attempt" in r.run.fallback_from[1]
+
+
+def test_a_claim_quoted_word_for_word_from_a_context_is_supported(judge):
+    context = ("Key rotation\n\nThe gateway issues two live keys per account, so a key can be rotated without downtime:\n"
+               "create the second key, deploy it, then revoke the first.")
+    quoted = ("The gateway issues two live keys per account, so a key can be rotated without downtime: "
+              "create the second key, deploy it, then revoke the first. [1]")
+    result = judge.judge_faithfulness(quoted, [context])
+    assert result.verdict == "faithful" and result.score == 1.0
+    changed = judge.judge_faithfulness("The gateway issues three live keys per account.", [context])
+    assert changed.verdict == "unfaithful"
