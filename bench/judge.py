@@ -38,7 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from client.judge_eval import balanced_accuracy
-from servers.judge.engine import JudgeEngine, hard_contradiction
+from servers.judge.engine import JudgeEngine, hard_contradiction, verbatim
+from servers.judge.engine import fold as fold_text
 from servers.judge.evidence import content_stems, numbers, split_sentences
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "judge" / "judge.jsonl"
@@ -54,10 +55,12 @@ GRID = {
 }
 
 
-def claim_matrix(ev, context_numbers: set[str]) -> list[float]:
+def claim_matrix(ev, context_numbers: set[str], folded_context: str) -> list[float]:
+    """The claim's features (FEATURES order), then 1.0 when the claim is quoted word for word from the context
+    (the engine then calls it supported whatever the other cues say; not a weighted feature)."""
     return [ev.cosine, ev.support, ev.best_cover, ev.pair_cover, min(len(ev.novel), 3) / 3, float(bool(ev.bad_numbers)),
             float(ev.negation_mismatch), float(bool(ev.antonyms)), float(ev.repeated_entity),
-            float(hard_contradiction(ev, context_numbers))]
+            float(hard_contradiction(ev, context_numbers)), float(verbatim(ev.claim, [folded_context]))]
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -78,7 +81,8 @@ def answer_scores(X: np.ndarray, owner: np.ndarray, n: int, w: np.ndarray) -> np
     """Min claim score per answer; answers without a checkable claim get +inf (faithful)."""
     out = np.full(n, np.inf)
     if len(X):
-        np.minimum.at(out, owner, X @ (w * SIGN))
+        scores = X[:, :-1] @ (w * SIGN)
+        np.minimum.at(out, owner, np.where(X[:, -1] > 0, 1e3, scores))  # verbatim claims are supported
     return out
 
 
@@ -163,7 +167,7 @@ def main() -> None:
     for i, r in enumerate(recs if not rows else []):
         evs, _ = engine.evidence(r["answer"], [r["context"]], r.get("question"))
         for ev in evs:
-            rows.append(claim_matrix(ev, numbers(r["context"])))
+            rows.append(claim_matrix(ev, numbers(r["context"]), fold_text(r["context"])))
             owner.append(i)
         a_terms = content_stems(r["answer"], generic=True)
         c_terms = set(content_stems(r["context"], generic=True))
@@ -176,7 +180,7 @@ def main() -> None:
     if args.cache:
         args.cache.write_text(json.dumps({"key": code, "rows": rows, "owner": owner, "overlap": overlap,
                                           "cosine": cosine, "length": length}))
-    X = np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES))
+    X = np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES) + 1)  # + the verbatim flag
     owner_a = np.array(owner, dtype=np.int64)
     labels = np.array([r["hallucinated"] for r in recs])
     sources = np.array([r["source"] for r in recs])

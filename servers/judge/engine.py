@@ -99,14 +99,14 @@ def _cut(text: str | None, limit: int) -> tuple[str, bool]:
 _CITATION_RE = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     """Case-folded text with citation markers removed and whitespace collapsed, for verbatim comparison."""
     return " ".join(_CITATION_RE.sub("", text).split()).casefold()
 
 
-def _verbatim(claim: str, folded_contexts: Sequence[str]) -> bool:
+def verbatim(claim: str, folded_contexts: Sequence[str]) -> bool:
     """True when the claim (of 3 words or more, end punctuation aside) appears word for word in a context."""
-    folded = _fold(claim).strip(" .!?;:,")
+    folded = fold(claim).strip(" .!?;:,")
     return len(folded.split()) >= 3 and any(folded in c for c in folded_contexts)
 
 
@@ -261,12 +261,12 @@ class JudgeEngine:
         w = rubric.offline
         evs, skipped = self.evidence(answer, contexts, question)
         evidence_numbers = numbers("\n".join(contexts))
-        folded_contexts = [_fold(c) for c in contexts]
+        folded_contexts = [fold(c) for c in contexts]
         claims = []
         for ev in evs:
             s = claim_support(ev, w)
             margin = s - float(w.get("claim_threshold", 0.5))
-            if _verbatim(ev.claim, folded_contexts):  # a context says exactly this: no cue can overrule it
+            if verbatim(ev.claim, folded_contexts):  # a context says exactly this: no cue can overrule it
                 status, margin = "supported", max(margin, 0.5)
             elif hard_contradiction(ev, evidence_numbers):
                 status, margin = "contradicted", min(margin, -1.0)
