@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+#: chunk metadata keys a stored guard scan occupies (reserved: callers cannot set them); see guards.policy
+GUARD_METADATA_KEYS = ("guard_scanner", "guard_hash", "guard_score", "guard_truncated", "guard_findings")
+
 
 class GuardFinding(BaseModel):
     """One thing a guard found in a piece of text."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from core.schemas import GuardFinding, GuardVerdict
+from core.schemas import GUARD_METADATA_KEYS, GuardFinding, GuardVerdict
 from core.settings import GuardSettings
 
 from . import injection, pii
@@ -43,8 +43,7 @@ __all__ = [
 ]
 
 POLICY_VERSION = "1"
-#: chunk metadata keys the stored scan occupies (reserved: callers cannot set them)
-METADATA_KEYS = ("guard_scanner", "guard_hash", "guard_score", "guard_truncated", "guard_findings")
+METADATA_KEYS = GUARD_METADATA_KEYS  #: chunk metadata keys the stored scan occupies
 _EXFIL = {"exfiltration"}
 
 

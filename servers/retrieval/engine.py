@@ -47,7 +47,7 @@ import numpy as np
 
 import core  # noqa: F401  (offline switches before chromadb is imported)
 from core.errors import GuardragError, InvalidInput, NotFound, Unavailable
-from core.schemas import GuardVerdict
+from core.schemas import GUARD_METADATA_KEYS, GuardVerdict
 from core.settings import Settings
 from core.validation import (
     check_collection_name,
@@ -57,7 +57,6 @@ from core.validation import (
     fsync_dir,
 )
 from core.validation import check_metadata as _check_metadata
-from guards import policy as guard_policy
 from servers.retrieval import chunking, loaders
 from servers.retrieval.bm25_index import Bm25Index, fingerprint
 from servers.retrieval.schemas import (
@@ -85,7 +84,7 @@ Mode = Literal["hybrid", "vector", "bm25"]
 #: metadata keys guardrag writes on every chunk; callers may filter on them but not set them.
 RESERVED_KEYS = frozenset(
     {"doc_id", "source", "title", "heading_path", "position", "start_char", "end_char", "page",
-     "content_hash", "doc_hash", "ingested_at", "format", "chunks", "user_keys", *guard_policy.METADATA_KEYS}
+     "content_hash", "doc_hash", "ingested_at", "format", "chunks", "user_keys", *GUARD_METADATA_KEYS}
 )
 _DOC_BATCH = 512          # documents per ingest transaction
 _CHROMA_BATCH = 2000      # rows per Chroma call (below its max batch size)
@@ -109,6 +108,14 @@ def index_text(text: str, meta: dict[str, Any]) -> str:
         title = ""
     head = " > ".join(p for p in (title, path) if p)
     return f"{head}\n{text}" if head else text
+
+
+def _guards():
+    """guards.policy, imported on first use: Presidio takes seconds to import, and a server should answer
+    the MCP handshake before that (the warm-up thread imports it right after start)."""
+    from guards import policy
+
+    return policy
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -318,7 +325,7 @@ class RetrievalEngine:
         try:
             chunking.split_sentences("Warm up. Load the sentencizer.")
             if self.settings.guards.enabled:
-                guard_policy.scan_retrieved("Warm up the injection scanner.")
+                _guards().scan_retrieved("Warm up the injection scanner.")
             vector = self.embedder.embed(["warm up"])
             for info in self.list_collections():  # load each HNSW index and BM25 matrix now, not on a search
                 if info.chunks:
@@ -603,7 +610,7 @@ class RetrievalEngine:
                     format=doc.doc.format, chunks=len(pieces), user_keys=",".join(sorted(doc.metadata)),
                 )
                 if self.settings.guards.enabled:  # scanned once here; a search reads the stored verdict
-                    meta.update(guard_policy.scan_to_metadata(guard_policy.scan_retrieved(piece.text, meta["content_hash"])))
+                    meta.update(_guards().scan_to_metadata(_guards().scan_retrieved(piece.text, meta["content_hash"])))
                 metas.append(meta)
             if old:
                 old_ids.extend(old[1])
@@ -801,11 +808,11 @@ class RetrievalEngine:
         if not gs.enabled:
             return text, GuardVerdict()
         content_hash = meta.get("content_hash") or _sha256(text)
-        scan = guard_policy.scan_from_metadata(meta, content_hash)
+        scan = _guards().scan_from_metadata(meta, content_hash)
         if scan is None:
-            scan = guard_policy.scan_retrieved(text, content_hash)
-            stale.append((chunk_id, guard_policy.scan_to_metadata(scan)))
-        return guard_policy.apply_retrieved(text, scan, gs)
+            scan = _guards().scan_retrieved(text, content_hash)
+            stale.append((chunk_id, _guards().scan_to_metadata(scan)))
+        return _guards().apply_retrieved(text, scan, gs)
 
     def _store_scans(self, col, stale: list) -> None:
         """Store scans made at read time (best effort: a chunk replaced meanwhile is simply scanned again)."""
