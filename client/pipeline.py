@@ -67,20 +67,12 @@ M = TypeVar("M", bound=BaseModel)
 # ============================================================================ step models
 
 
-class Hit(BaseModel):
-    """A retrieved chunk as the pipeline keeps it (text after the server's guard policy)."""
+class Hit(ContextItem):
+    """A retrieved chunk as the pipeline keeps it (text after the server's guard policy): a context item plus
+    where it ends, why the guard marked it, and the query that found it."""
 
-    chunk_id: str
-    doc_id: str | None = None
-    source: str
-    title: str | None = None
-    text: str
-    start_char: int | None = None
     end_char: int | None = None
-    score: float = 0.0
-    guard: str = "unscanned"
     guard_categories: list[str] = Field(default_factory=list)
-    origin: Literal["retrieval", "graph"] = "retrieval"
     query: str = ""
 
 
@@ -577,8 +569,7 @@ class Pipeline:
                 dropped.append(h.chunk_id)
                 continue
             used += n
-            items.append(ContextItem(chunk_id=h.chunk_id, doc_id=h.doc_id, source=h.source, title=h.title, text=h.text,
-                                     start_char=h.start_char, guard=h.guard, origin=h.origin, score=h.score, tokens=n))
+            items.append(ContextItem(**{**h.model_dump(include=set(ContextItem.model_fields)), "tokens": n}))
         return Selected(evidence=cr.evidence, critique=cr.critique, items=items, tokens=used, budget=budget,
                         dropped=dropped)
 
