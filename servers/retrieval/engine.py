@@ -110,10 +110,15 @@ def index_text(text: str, meta: dict[str, Any]) -> str:
     return f"{head}\n{text}" if head else text
 
 
+_guards_lock = threading.Lock()
+
+
 def _guards():
     """guards.policy, imported on first use: Presidio takes seconds to import, and a server should answer
-    the MCP handshake before that (the warm-up thread imports it right after start)."""
-    from guards import policy
+    the MCP handshake before that (the warm-up thread imports it right after start). The lock matters:
+    two threads importing Presidio at once can see a partly initialised module (a circular-import error)."""
+    with _guards_lock:
+        from guards import policy
 
     return policy
 
