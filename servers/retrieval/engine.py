@@ -57,6 +57,10 @@ from core.validation import (
     fsync_dir,
 )
 from core.validation import check_metadata as _check_metadata
+
+# Imported here, in the main thread: Presidio and spaCy fail with circular-import errors when two threads
+# import them at once (the warm-up thread and a first tool call).
+from guards import policy as guard_policy
 from servers.retrieval import chunking, loaders
 from servers.retrieval.bm25_index import Bm25Index, fingerprint
 from servers.retrieval.schemas import (
@@ -108,19 +112,6 @@ def index_text(text: str, meta: dict[str, Any]) -> str:
         title = ""
     head = " > ".join(p for p in (title, path) if p)
     return f"{head}\n{text}" if head else text
-
-
-_guards_lock = threading.Lock()
-
-
-def _guards():
-    """guards.policy, imported on first use: Presidio takes seconds to import, and a server should answer
-    the MCP handshake before that (the warm-up thread imports it right after start). The lock matters:
-    two threads importing Presidio at once can see a partly initialised module (a circular-import error)."""
-    with _guards_lock:
-        from guards import policy
-
-    return policy
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,7 +321,7 @@ class RetrievalEngine:
         try:
             chunking.split_sentences("Warm up. Load the sentencizer.")
             if self.settings.guards.enabled:
-                _guards().scan_retrieved("Warm up the injection scanner.")
+                guard_policy.scan_retrieved("Warm up the injection scanner.")
             vector = self.embedder.embed(["warm up"])
             for info in self.list_collections():  # load each HNSW index and BM25 matrix now, not on a search
                 if info.chunks:
@@ -615,7 +606,7 @@ class RetrievalEngine:
                     format=doc.doc.format, chunks=len(pieces), user_keys=",".join(sorted(doc.metadata)),
                 )
                 if self.settings.guards.enabled:  # scanned once here; a search reads the stored verdict
-                    meta.update(_guards().scan_to_metadata(_guards().scan_retrieved(piece.text, meta["content_hash"])))
+                    meta.update(guard_policy.scan_to_metadata(guard_policy.scan_retrieved(piece.text, meta["content_hash"])))
                 metas.append(meta)
             if old:
                 old_ids.extend(old[1])
@@ -813,11 +804,11 @@ class RetrievalEngine:
         if not gs.enabled:
             return text, GuardVerdict()
         content_hash = meta.get("content_hash") or _sha256(text)
-        scan = _guards().scan_from_metadata(meta, content_hash)
+        scan = guard_policy.scan_from_metadata(meta, content_hash)
         if scan is None:
-            scan = _guards().scan_retrieved(text, content_hash)
-            stale.append((chunk_id, _guards().scan_to_metadata(scan)))
-        return _guards().apply_retrieved(text, scan, gs)
+            scan = guard_policy.scan_retrieved(text, content_hash)
+            stale.append((chunk_id, guard_policy.scan_to_metadata(scan)))
+        return guard_policy.apply_retrieved(text, scan, gs)
 
     def _store_scans(self, col, stale: list) -> None:
         """Store scans made at read time (best effort: a chunk replaced meanwhile is simply scanned again)."""
