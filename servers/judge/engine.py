@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,8 @@ _REFUSAL = re.compile(r"\b(?:i (?:do not|don'?t|cannot|can'?t) (?:know|answer|he
                       r"|not (?:enough|sufficient) (?:information|context)|unable to (?:answer|find|determine)"
                       r"|(?:cannot|can'?t) be (?:answered|determined))\b", re.I)
 
+
+_GUARDS_IMPORT = threading.Lock()  #: guards is imported on first judge_safety (Presidio takes seconds)
 
 def _finite(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
     """``x`` clipped to [lo, hi]; NaN and infinities become ``lo``."""
@@ -489,8 +492,9 @@ class JudgeEngine:
     def judge_safety(self, text: str) -> SafetyResult:
         """PII and secret leaks (guards.pii), instructions echoing an injection (guards.injection), and harmful
         content per the rubric's rules. Offline always: no model sees the text."""
-        from guards.injection import scan_injection
-        from guards.pii import scan_pii
+        with _GUARDS_IMPORT:  # Presidio and spaCy fail with circular-import errors when two threads import them
+            from guards.injection import scan_injection
+            from guards.pii import scan_pii
 
         started = time.perf_counter()
         rubric = self.rubric("safety")
