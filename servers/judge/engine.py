@@ -80,6 +80,7 @@ _REFUSAL = re.compile(r"\b(?:i (?:do not|don'?t|cannot|can'?t) (?:know|answer|he
 
 _GUARDS_IMPORT = threading.Lock()  #: guards is imported on first judge_safety (Presidio takes seconds)
 
+
 def _finite(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
     """``x`` clipped to [lo, hi]; NaN and infinities become ``lo``."""
     x = float(x)
