@@ -95,6 +95,15 @@ def show_result(res: Any) -> None:
     console.print(f"[dim]run {res.run_id} {res.status}; {res.tokens} tokens; steps: {steps}[/]")
 
 
+def _report(res: Any, as_json: bool) -> None:
+    """Print a run's result (JSON or rich) and exit with its status."""
+    if as_json:
+        out.print_json(res.model_dump_json())
+    else:
+        show_result(res)
+    _exit_for(res)
+
+
 def _exit_for(res: Any) -> None:
     if res.status != "done":
         raise typer.Exit(1)
@@ -110,12 +119,7 @@ def ask(
     Every step is stored; a run that fails or is killed can be continued with `guardrag runs resume RUN_ID`."""
     _setup_logging()
     pipeline = _pipeline()
-    res = _drive(lambda: pipeline.ask(question, collection=collection))
-    if as_json:
-        out.print_json(res.model_dump_json())
-    else:
-        show_result(res)
-    _exit_for(res)
+    _report(_drive(lambda: pipeline.ask(question, collection=collection)), as_json)
 
 
 @runs_app.command("list")
@@ -184,12 +188,7 @@ def runs_resume(
     """Continue a run at the step that did not finish; completed steps are replayed from the store, not redone."""
     _setup_logging()
     pipeline = _pipeline()
-    res = _drive(lambda: pipeline.resume(run_id, force=force))
-    if as_json:
-        out.print_json(res.model_dump_json())
-    else:
-        show_result(res)
-    _exit_for(res)
+    _report(_drive(lambda: pipeline.resume(run_id, force=force)), as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -254,26 +254,40 @@ JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the num
                                               dir_okay=False)]
 
 
-def _guard_eval(file: Path, json_out: Path | None, load: Any, run: Any, tables: Any) -> None:
-    """Load (bad input: one error line, exit 2), evaluate with a progress bar, print tables, write JSON."""
-    if json_out is not None and not json_out.parent.is_dir():
-        _fail(InvalidInput(f"--json {json_out}: directory {json_out.parent} does not exist"), code=2)
+def _load_for_eval(file: Path, load: Any, outputs: dict[str, Path | None]) -> Any:
+    """Check the output files' directories, then load ``file``; bad input is one error line and exit code 2
+    (before any scanning starts)."""
+    for flag, target in outputs.items():
+        if target is not None and not target.parent.is_dir():
+            _fail(InvalidInput(f"{flag} {target}: directory {target.parent} does not exist"), code=2)
     try:
-        records = load(file)
+        return load(file)
     except GuardragError as exc:
         _fail(exc, code=2)
+
+
+def _write_outputs(outputs: dict[str, tuple[Path | None, Any]]) -> None:
+    """Write each ``flag -> (path, text function)`` whose path is set; a write error is exit code 2."""
+    for flag, (target, text) in outputs.items():
+        if target is None:
+            continue
+        try:
+            target.write_text(text(), encoding="utf-8")
+        except OSError as exc:
+            _fail(InvalidInput(f"{flag} {target}: cannot write it ({exc.strerror})"), code=2)
+        console.print(f"wrote {target}")
+
+
+def _guard_eval(file: Path, json_out: Path | None, load: Any, run: Any, tables: Any) -> None:
+    """Load (bad input: one error line, exit 2), evaluate with a progress bar, print tables, write JSON."""
+    records = _load_for_eval(file, load, {"--json": json_out})
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task(f"scan {file.name}", total=len(records))
         report = run(records, lambda done, total: bar.update(task, completed=done))
     for table in tables(report):
         out.print(table)
-    if json_out is not None:
-        try:
-            json_out.write_text(report.model_dump_json(indent=2) + "\n")
-        except OSError as exc:
-            _fail(InvalidInput(f"--json {json_out}: cannot write it ({exc.strerror})"), code=2)
-        console.print(f"wrote {json_out}")
+    _write_outputs({"--json": (json_out, lambda: report.model_dump_json(indent=2) + "\n")})
 
 
 @guard_eval_app.command("injection")

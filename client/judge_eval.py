@@ -322,15 +322,9 @@ def eval_command(
         TimeElapsedColumn,
     )
 
-    from client.cli import _fail, _run, console, out
+    from client.cli import _load_for_eval, _run, _write_outputs, console, out
 
-    for target, flag in ((html_out, "--html"), (json_out, "--json")):
-        if target is not None and not target.parent.is_dir():
-            _fail(InvalidInput(f"{flag} {target}: directory {target.parent} does not exist"), code=2)
-    try:
-        records = load_records(file)
-    except InvalidInput as exc:
-        _fail(exc, code=2)
+    records = _load_for_eval(file, load_records, {"--html": html_out, "--json": json_out})
     records = records[:limit] if limit else records
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -343,11 +337,5 @@ def eval_command(
         report = _run(go)
     for table in tables(report):
         out.print(table)
-    for target, text in ((html_out, lambda: render_html(report)),
-                         (json_out, lambda: report.model_dump_json(indent=2) + "\n")):
-        if target is not None:
-            try:
-                target.write_text(text(), encoding="utf-8")
-            except OSError as exc:
-                _fail(InvalidInput(f"{target}: cannot write it ({exc.strerror})"), code=2)
-            console.print(f"wrote {target}")
+    _write_outputs({"--html": (html_out, lambda: render_html(report)),
+                    "--json": (json_out, lambda: report.model_dump_json(indent=2) + "\n")})
