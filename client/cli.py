@@ -86,21 +86,45 @@ def models_install(
 
 @app.command()
 def serve(
-    server: Annotated[str, typer.Argument(help="Which server: retrieval, graph or judge.")],
+    server: Annotated[str, typer.Argument(help="Which server: retrieval, graph, judge, or agent (the whole "
+                                                "pipeline as one `ask` tool).")],
     http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="HTTP bind address (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="HTTP port (default: retrieval 8765, judge 8766, graph 8767).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: retrieval 8765, judge 8766, graph 8767, "
+                                                  "agent 8768).")] = None,
 ) -> None:
-    """Run an MCP server (retrieval, graph or judge) over stdio (for an IDE) or streamable HTTP."""
+    """Run an MCP server (retrieval, graph, judge or agent) over stdio (for an IDE) or streamable HTTP."""
     from client.connect import SERVERS
 
-    if server not in SERVERS:
-        _fail(ValueError(f"unknown server {server!r}; available: {', '.join(SERVERS)}"))
+    if server not in (*SERVERS, "agent"):
+        _fail(ValueError(f"unknown server {server!r}; available: {', '.join(SERVERS)}, agent"))
     # Start the server's own entry point, as an IDE would; the client imports nothing of the server.
-    args = [sys.executable, "-m", f"servers.{server}.server"]
+    module = "client.agent_server" if server == "agent" else f"servers.{server}.server"
+    args = [sys.executable, "-m", module]
     if http:
         args += ["--http", "--host", host] + (["--port", str(port)] if port else [])
     os.execv(sys.executable, args)
+
+
+@app.command("mcp-config")
+def mcp_config(
+    vscode: Annotated[bool, typer.Option("--vscode", help="VS Code's `.vscode/mcp.json` shape (`servers`) instead of "
+                                         "`mcpServers` (Claude Desktop, Cursor).")] = False,
+    server: Annotated[list[str] | None, typer.Option("--server", help="Only this server (repeatable): retrieval, "
+                                                     "graph, judge, agent.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Set GUARDRAG_DATA_DIR for the servers (the default is "
+                                                  "per user).")] = None,
+) -> None:
+    """Print the JSON that mounts this install's servers in an IDE (paste into its MCP config), or that
+    `agent.servers_file` reads."""
+    from client.connect import SERVERS, install_config
+
+    chosen = tuple(server or (*SERVERS, "agent"))
+    unknown = [s for s in chosen if s not in (*SERVERS, "agent")]
+    if unknown:
+        _fail(ValueError(f"unknown server(s) {', '.join(unknown)}; available: {', '.join(SERVERS)}, agent"))
+    env = {"GUARDRAG_DATA_DIR": str(data_dir.expanduser().resolve())} if data_dir else None
+    print(json.dumps(install_config(vscode=vscode, servers=chosen, env=env), indent=2))
 
 
 async def _ingest(paths: list[Path], collection: str | None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -205,7 +229,7 @@ def search(
         out.print(_hits_table(result))
 
 
-async def _demo(query: str, env: dict[str, str]) -> None:
+async def _demo(query: str, second: str, env: dict[str, str]) -> None:
     async with connect("retrieval", env=env) as client:
         res = await call(client, "ingest_path", {"path": str(EXAMPLES), "collection": "examples"})
         console.print(f"ingested {EXAMPLES} into collection 'examples': {res['added']} added, "
@@ -219,26 +243,32 @@ async def _demo(query: str, env: dict[str, str]) -> None:
         out.print(_hits_table(filtered))
         out.print(f"[dim]the last search used filter={json.dumps(where)}, applied to both legs[/]")
     # The main job: the guarded RAG pipeline over the retrieval, graph and judge servers (all over MCP).
+    # The first question meets the planted instruction (quarantined), the second the contact details (redacted).
     from client.agent_cli import show_result
-    from client.pipeline import Pipeline
+    from client.pipeline import Pipeline, ServerPool
 
-    out.rule(f"guardrag ask {query!r}")
-    show_result(await Pipeline(get_settings(), env=env).ask(query, collection="examples"))
+    async with ServerPool(env=env) as pool:
+        pipeline = Pipeline(get_settings(), env=env, pool=pool)
+        for question in (query, second):
+            out.rule(f"guardrag ask {question!r}")
+            show_result(await pipeline.ask(question, collection="examples"))
 
 
 @app.command()
 def demo(
     query: Annotated[str, typer.Option(help="The query to run after ingesting.")] = "How do I rotate an API key without downtime?",
+    second: Annotated[str, typer.Option(help="A second question (its answer holds contact details to redact).")] =
+        "Who do I escalate a payment gateway outage to?",
 ) -> None:
-    """Ingest the bundled examples/, search them, and answer a question with `guardrag ask`: real MCP clients
-    talking to the servers over stdio."""
+    """Ingest the bundled examples/, search them, and answer two questions with `guardrag ask` (one meets a
+    planted instruction, one contact details to redact): real MCP clients talking to the servers over stdio."""
     from core.models import model_status
 
     settings = get_settings()
     if not model_status(settings.model_dir).installed:
         _fail(GuardragError("the embedding model is not installed; run `guardrag models install` first."))
     env = {"GUARDRAG_RETRIEVAL__ROOTS": json.dumps([str(EXAMPLES)])}
-    _run(_demo, query, env)
+    _run(_demo, query, second, env)
 
 
 # ------------------------------------------------------------------------------------------ guard eval

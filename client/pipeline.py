@@ -49,7 +49,7 @@ from pydantic import BaseModel, Field
 
 import core  # noqa: F401  (offline switches first)
 from client.answer import Answer, ContextItem, extractive_answer, model_answer
-from client.connect import SERVERS, ToolCallError, connect
+from client.connect import ServerSpec, ToolCallError, connect, load_servers_file
 from client.connect import call as mcp_call
 from client.state import RunRecord, RunStore, default_db_path
 from core.errors import GuardragError, find_guardrag_error
@@ -62,6 +62,8 @@ log = logging.getLogger("guardrag.agent")
 PIPELINE_VERSION = "1"
 PAUSE_ENV = "GUARDRAG_AGENT_PAUSE_AT"
 M = TypeVar("M", bound=BaseModel)
+OnStep = Callable[[int, str, bool], Awaitable[None]]
+"""Called before each step with (seq, name, replayed): progress for a caller such as the agent server."""
 
 
 # ============================================================================ step models
@@ -264,39 +266,68 @@ class ServerPool:
     """MCP sessions to the servers, opened on first use and kept until the pool closes.
 
     ``async with ServerPool(env=...) as pool`` and pass ``pool=`` to :class:`Pipeline` to reuse the server
-    subprocesses across runs (tests, a long-lived agent); without one each run opens and closes its own."""
+    subprocesses across runs (tests, the agent server); without one each run opens and closes its own.
+
+    One task owns the sessions (a session must be closed by the task that opened it), so :meth:`get` may be
+    called from any task, e.g. concurrent tool calls of the agent server."""
 
     def __init__(self, *, env: dict[str, str] | None = None, server_env: dict[str, dict[str, str]] | None = None,
-                 timeout: float = 600) -> None:
+                 specs: dict[str, ServerSpec] | None = None, timeout: float = 600) -> None:
         self.env = env
         self.server_env = server_env or {}
+        self.specs = specs or {}
         self.timeout = timeout
-        self._stack = AsyncExitStack()
         self._clients: dict[str, Any] = {}
         self._lock = anyio.Lock()
+        self._tg: Any = None
+        self._requests: Any = None
 
     async def __aenter__(self) -> Self:
-        await self._stack.__aenter__()
+        self._requests, inbox = anyio.create_memory_object_stream[tuple[str, anyio.Event, list[Any]]](16)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self._tg.start(self._own, inbox)
         return self
 
-    async def __aexit__(self, *exc: object) -> bool | None:
-        return await self._stack.__aexit__(*exc)
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        await self._requests.aclose()
+        return await self._tg.__aexit__(*exc)
+
+    async def _own(self, inbox: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with AsyncExitStack() as stack, inbox:
+                task_status.started()
+                async for server, done, box in inbox:
+                    env = dict(self.env or {})
+                    env.update(self.server_env.get(server, {}))
+                    try:
+                        box.append(await stack.enter_async_context(
+                            connect(server, env=env or None, spec=self.specs.get(server), timeout=self.timeout)))
+                    except Exception as exc:  # noqa: BLE001 - handed to the caller of get()
+                        box.append(exc)
+                    done.set()
+        except Exception as exc:  # noqa: BLE001 - a server that died makes its session's exit raise
+            log.debug("closing MCP sessions: %r", exc)
 
     async def get(self, server: str) -> Any:
+        """The session to ``server``, connected on first use."""
         async with self._lock:
             if server not in self._clients:
-                env = dict(self.env or {})
-                env.update(self.server_env.get(server, {}))
-                self._clients[server] = await self._stack.enter_async_context(
-                    connect(server, env=env or None, timeout=self.timeout))
+                done, box = anyio.Event(), []
+                await self._requests.send((server, done, box))
+                await done.wait()
+                if isinstance(box[0], Exception):
+                    raise box[0]
+                self._clients[server] = box[0]
             return self._clients[server]
 
 
 class _Ctx:
     """One execution (first run or a resume) of a run."""
 
-    def __init__(self, run: RunRecord, budget: _Budget, stack: AsyncExitStack) -> None:
+    def __init__(self, run: RunRecord, budget: _Budget, stack: AsyncExitStack, on_step: OnStep | None = None) -> None:
         self.run = run
+        self.on_step = on_step
         self.budget = budget
         self.stack = stack
         self.seq = 0
@@ -317,12 +348,13 @@ class Pipeline:
         self.store = store or open_store(settings)
         self.env = env
         self.server_env = server_env or {}
+        self.specs = load_servers_file(settings.agent.servers_file) if settings.agent.servers_file else {}
         self._embedder: Any = None
         self._embedder_failed = False
 
     # ------------------------------------------------------------------ public
 
-    async def ask(self, question: str, *, collection: str | None = None) -> RunResult:
+    async def ask(self, question: str, *, collection: str | None = None, on_step: OnStep | None = None) -> RunResult:
         """Start a run for ``question`` and drive it to its end (done, tripped or failed)."""
         if not question.strip():
             raise GuardragError("the question is empty", code="invalid_input")
@@ -333,12 +365,12 @@ class Pipeline:
                       "guards": self.settings.guards.model_dump(mode="json"),
                       "llm": [e.label for e in self.settings.llm.chain()]},
             versions=self._versions())
-        return await self._execute(run)
+        return await self._execute(run, on_step)
 
-    async def resume(self, run_id: str, *, force: bool = False) -> RunResult:
+    async def resume(self, run_id: str, *, force: bool = False, on_step: OnStep | None = None) -> RunResult:
         """Continue a running (its process died) or failed run at the step that did not finish."""
         run = self.store.claim_run(run_id, force=force)
-        return await self._execute(run)
+        return await self._execute(run, on_step)
 
     def result_of(self, run_id: str) -> RunResult:
         """The stored result of a run, or what is known so far when it did not end."""
@@ -350,13 +382,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
 
-    async def _execute(self, run: RunRecord) -> RunResult:
+    async def _execute(self, run: RunRecord, on_step: OnStep | None = None) -> RunResult:
         budget = _Budget(self.settings, self._count)
         ask = Ask(question=run.question, collection=run.settings.get("collection"), k=self.settings.agent.k)
         final: RunResult
         try:
             async with AsyncExitStack() as stack:
-                ctx = _Ctx(run, budget, stack)
+                ctx = _Ctx(run, budget, stack, on_step)
                 try:
                     judged = await self._flow(ctx, ask)
                 except BreakerTripped as exc:
@@ -404,7 +436,10 @@ class Pipeline:
         ctx.step_name = name
         seq, run_id = ctx.seq, ctx.run.id
         stored = self.store.get_step(run_id, seq)
-        if stored is not None and stored.status == "done":
+        replay = stored is not None and stored.status == "done"
+        if ctx.on_step is not None:
+            await ctx.on_step(seq, name, replay)
+        if stored is not None and replay:
             if stored.name != name:
                 raise GuardragError(f"run {run_id} step {seq} is {stored.name!r}, not {name!r}: the stored history "
                                     "does not match this pipeline", code="conflict")
@@ -439,7 +474,8 @@ class Pipeline:
     async def _client(self, ctx: _Ctx, server: str) -> Any:
         if ctx.pool is None:
             ctx.pool = self.pool or await ctx.stack.enter_async_context(
-                ServerPool(env=self.env, server_env=self.server_env, timeout=self.settings.agent.deadline_s))
+                ServerPool(env=self.env, server_env=self.server_env, specs=self.specs,
+                           timeout=self.settings.agent.deadline_s))
         return await ctx.pool.get(server)
 
     async def _call(self, ctx: _Ctx, server: str, tool: str, args: dict[str, Any], *, text: str = "") -> dict[str, Any]:
@@ -488,8 +524,6 @@ class Pipeline:
     async def _graph(self, ctx: _Ctx, ev: Evidence) -> Evidence:
         if not self.settings.agent.use_graph:
             return ev.model_copy(update={"graph": {"skipped": True, "reason": "agent.use_graph is off"}})
-        if "graph" not in SERVERS:
-            return ev.model_copy(update={"graph": {"skipped": True, "reason": "no graph server in this install"}})
         coll = {"collection": ev.ask.collection} if ev.ask.collection else {}
         try:
             stats = await self._call(ctx, "graph", "graph_stats", coll)
@@ -632,10 +666,17 @@ class Pipeline:
         if g.answer.error is not None or not g.answer.text:
             return Judged(guarded=g, judge=JudgeSummary(skipped=True, reason="there is no answer to judge"))
         items = g.answered.selected.items
+        question = g.answered.selected.evidence.ask.question
         contexts = [i.text for i in items][:50]
+        if g.verdict.status == "redacted":
+            # Judge like with like: the contexts get the answer's redaction, so a quoted sentence whose phone
+            # number became <PHONE_NUMBER> still matches its source, and no PII goes to the judge.
+            from guards.policy import guard_output
+
+            contexts = await anyio.to_thread.run_sync(lambda: [
+                guard_output(c, self.settings.guards, user_text=question).text or "" for c in contexts])
         res = await self._call(ctx, "judge", "judge_all",
-                               {"question": g.answered.selected.evidence.ask.question, "answer": g.answer.text,
-                                "contexts": contexts},
+                               {"question": question, "answer": g.answer.text, "contexts": contexts},
                                text=g.answer.text + "\n" + "\n".join(contexts))
         rubrics = [res[p]["run"]["rubric"] for p in ("faithfulness", "relevance", "context", "safety")
                    if isinstance(res.get(p), dict) and res[p].get("run")]

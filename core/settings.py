@@ -197,6 +197,9 @@ class AgentSettings(BaseModel):
     answer_sentences: int = Field(3, ge=1, le=20, description="Most sentences the offline extractive answer quotes.")
     min_answer_score: float = Field(0.35, ge=0, le=1, description="Offline answer: weakest sentence score it quotes.")
     state_db: Path | None = Field(None, description="SQLite file of runs and steps; default DATA_DIR/runs.sqlite.")
+    servers_file: Path | None = Field(
+        None, description="Where the servers are: an `mcpServers` JSON file as Claude Desktop and Cursor use (or "
+        "VS Code's `servers`). Unset, or a server it does not name: this install's server over stdio.")
     webhook_url: str | None = Field(None, description="POST a JSON alert here when a breaker trips (unset: log only).")
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds the alert webhook may take.")
 

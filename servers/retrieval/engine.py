@@ -910,7 +910,7 @@ class RetrievalEngine:
         for col in self._client.list_collections():
             name = col.name if hasattr(col, "name") else str(col)
             c = self._client.get_collection(name)
-            out.append(CollectionInfo(name=name, chunks=c.count()))
+            out.append(CollectionInfo(name=name, chunks=c.count(), generation=(c.metadata or {}).get("guardrag_gen")))
         return sorted(out, key=lambda c: c.name)
 
     def stats(self, collection: str | None = None) -> Stats:

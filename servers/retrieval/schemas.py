@@ -132,6 +132,8 @@ class CollectionInfo(BaseModel):
     name: str
     chunks: int
     documents: int | None = None
+    generation: str | None = Field(None, description="Changes with every committed write (ingest, delete) to the "
+                                   "collection: a cache keyed on it is invalidated by any change.")
 
 
 class CollectionList(BaseModel):

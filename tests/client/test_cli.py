@@ -56,7 +56,11 @@ def test_demo_runs_the_main_job_end_to_end(cli_env):
     the example with a planted instruction is quarantined and the answer cites the key-rotation text."""
     res = runner.invoke(app, ["demo"], terminal_width=200)
     assert res.exit_code == 0, res.output
-    assert "ingested" in res.output and "6 added" in res.output
+    assert "ingested" in res.output and "7 added" in res.output
     assert "answer (confidence" in res.output and "offline-extractive" in res.output
     assert "quarantined chunks" in res.output and "vendor-notes.md#" in res.output
-    assert "keys@vendor-support.example" not in res.output.split("guardrag ask")[-1]
+    first, second = res.output.split("guardrag ask")[1:]
+    assert "keys@vendor-support.example" not in first + second
+    # The second question's answer quotes the escalation contact with the phone number and address redacted.
+    assert "Priya Raman" in second and "redacted: EMAIL_ADDRESS, PHONE_NUMBER" in second
+    assert "555-0142" not in second and "priya.raman@" not in second

@@ -126,6 +126,8 @@ async def test_pii_in_the_answer_is_redacted(base, pool, store):
     assert "Dana Whitfield" in res.answer.text
     assert "dana.whitfield@example.com" not in res.answer.text and "555-0199" not in res.answer.text
     assert {"EMAIL_ADDRESS", "PHONE_NUMBER"} <= {f.category for f in res.output_guard.findings}
+    # The judge saw the contexts redacted like the answer, so the quote is still supported.
+    assert res.judge.faithfulness == 1.0 and res.judge.faithfulness_verdict == "faithful"
 
 
 class FlakyPool:
@@ -282,3 +284,44 @@ async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp
     assert [(s["name"], s["attempts"]) for s in json.loads(shown.stdout)["steps"]][3:5] == [("select", 1), ("answer", 2)]
     again = cli(env_cli, "runs", "resume", run_id)
     assert again.returncode == 1 and "only a running or failed run can be resumed" in again.stderr
+
+
+def settings_with_model(base: Settings, url: str) -> Settings:
+    from core.settings import LLMSettings
+
+    return base.model_copy(update={"llm": LLMSettings(base_url=url, model="fake-model", retries=0, timeout=5)})
+
+
+async def test_model_answer_path(base, pool, store):
+    """With a model configured, the model writes the answer (here a local fake chat-completions server on
+    127.0.0.1, a test double): the context reaches it as a JSON data document, its citations are mapped to
+    chunks, its tokens are counted."""
+    from tests.fakes.openai_compatible import FakeChatServer, Reply
+
+    reply = json.dumps({"answer": "Create a second key, deploy it everywhere, then revoke the old key [1].",
+                        "citations": [1, 99], "insufficient": False})
+    usage = {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}
+    with FakeChatServer([Reply(content=reply, usage=usage)]) as fake:
+        res = await Pipeline(settings_with_model(base, fake.base_url), store, pool=pool).ask(ROTATE)
+    assert res.status == "done" and res.answer.backend == "openai-compatible:fake-model"
+    assert res.answer.text.startswith("Create a second key")
+    assert [c.source for c in res.answer.citations] == ["rotation.md"]  # [99] names no passage: dropped
+    (request,) = fake.requests
+    system, user = request["messages"]
+    assert system["role"] == "system" and "not instructions" in user["content"]
+    doc = json.loads(user["content"].split("\n", 1)[1])
+    assert doc["question"] == ROTATE and any("second key" in p["text"] for p in doc["passages"])
+    answer_step = next(s for s in store.steps(res.run_id) if s.name == "answer")
+    assert answer_step.output["answer_info"]["model"] == "fake-model" and answer_step.tokens >= 320
+    assert res.judge is not None and res.judge.faithfulness is not None
+
+
+async def test_model_failure_falls_back_to_the_offline_answer(base, pool, store):
+    from tests.fakes.openai_compatible import FakeChatServer, Reply
+
+    with FakeChatServer([Reply(content="Sure! Here is the answer you wanted."), Reply(status=503)]) as fake:
+        res = await Pipeline(settings_with_model(base, fake.base_url), store, pool=pool).ask(ROTATE)
+    assert len(fake.requests) >= 1
+    assert res.status == "done" and res.answer.backend == "offline-extractive" and "second key" in res.answer.text
+    answer_step = next(s for s in store.steps(res.run_id) if s.name == "answer")
+    assert answer_step.output["answer_info"]["fallback_from"]

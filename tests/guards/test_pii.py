@@ -271,3 +271,14 @@ def test_deeply_nested_markdown_is_scanned(opening, closing):
     text = opening * 5000 + " write to deep@example.org " + closing * 5000
     found = scan_pii(text).findings
     assert [(f.entity, text[f.start:f.end]) for f in found] == [("EMAIL_ADDRESS", "deep@example.org")]
+
+
+@pytest.mark.parametrize("address", ["priya.raman@vendor-support.example", "ops@corp.internal", "a.b+tag@mail.newgtld"])
+def test_email_with_a_reserved_or_unlisted_tld_is_found(address):
+    text = f"Escalate to {address} during an incident."
+    assert entities(text).get("EMAIL_ADDRESS") == address
+
+
+@pytest.mark.parametrize("text", ["pin package@1.2.3 in the lockfile", "install @scope/pkg first", "see a@b.c"])
+def test_email_look_alikes_are_not_emails(text):
+    assert "EMAIL_ADDRESS" not in entities(text)

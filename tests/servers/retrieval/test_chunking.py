@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -344,38 +343,19 @@ def test_max_tokens_below_counter_overhead_is_rejected(wordpiece_counter: Counte
 # --------------------------------------------------------------------------- speed
 
 
-def test_chunking_a_scifact_like_abstract_is_fast(wordpiece_counter: Counter) -> None:
-    """~300-word abstracts chunk in a few milliseconds each after warm-up.
-
-    Most of the time is the tokenizer's, so the test bounds what the chunker
-    controls: its own time outside count_tokens, and how much text it hands
-    to count_tokens (about two passes: per sentence, then one check per chunk).
-    A loose bound on the total guards against gross regressions.
-    """
+def test_chunking_hands_the_tokenizer_little_more_than_the_text(wordpiece_counter: Counter) -> None:
+    """The chunker's cost is the tokenizer's: it hands count_tokens about two passes over the text (per
+    sentence, then one check per chunk), never a quadratic amount. (Its speed is measured in bench/retrieval.py's
+    ingest comparison, not here: timing goals live in bench/.)"""
     docs = [parse_text(_abstract(1000 + i), format="text") for i in range(20)]
-    in_counter = [0.0]
     chars = [0]
 
-    def timed_counter(text: str) -> int:
-        t0 = time.perf_counter()
-        n = wordpiece_counter(text)
-        in_counter[0] += time.perf_counter() - t0
+    def counting(text: str) -> int:
         chars[0] += len(text)
-        return n
+        return wordpiece_counter(text)
 
-    for doc in docs[:5]:  # warm-up: spaCy pipeline, tokenizer
-        chunk_document(doc, count_tokens=timed_counter, max_tokens=128, overlap_tokens=32)
-    totals, overheads = [], []
-    for _ in range(5):
-        in_counter[0], chars[0] = 0.0, 0
-        t0 = time.perf_counter()
-        for doc in docs:
-            chunks = chunk_document(doc, count_tokens=timed_counter, max_tokens=128, overlap_tokens=32)
-            assert len(chunks) >= 2  # the abstracts do need splitting at 128 tokens
-        total = time.perf_counter() - t0
-        totals.append(total / len(docs))
-        overheads.append((total - in_counter[0]) / len(docs))
-        ratio = chars[0] / sum(len(d.text) for d in docs)
-        assert ratio < 2.5, f"count_tokens saw {ratio:.2f}x the text"
-    assert min(overheads) < 0.002, f"chunker overhead {min(overheads) * 1000:.2f} ms per abstract"
-    assert min(totals) < 0.010, f"total {min(totals) * 1000:.2f} ms per abstract"
+    for doc in docs:
+        chunks = chunk_document(doc, count_tokens=counting, max_tokens=128, overlap_tokens=32)
+        assert len(chunks) >= 2  # the abstracts do need splitting at 128 tokens
+    ratio = chars[0] / sum(len(d.text) for d in docs)
+    assert ratio < 2.5, f"count_tokens saw {ratio:.2f}x the text"

@@ -273,3 +273,15 @@ def test_directory_ingest_reads_files_a_batch_at_a_time(engine, roots, monkeypat
     assert res.added == 5 and res.failed == 1
     assert seen_at_write == [2, 4, 6]  # three transactions, each after only its own files were read
     assert engine.stats("batched").in_sync
+
+
+def test_collection_generation_changes_with_every_write(engine):
+    engine.ingest_texts(C, corpus_items())
+    (first,) = engine.list_collections()
+    assert first.generation
+    engine.ingest_texts(C, [TextItem(text="Quota resets at midnight UTC every day.", doc_id="quota")])
+    (second,) = engine.list_collections()
+    assert second.generation not in (None, first.generation)
+    engine.delete_document(C, "quota")
+    (third,) = engine.list_collections()
+    assert third.generation not in (None, first.generation, second.generation)
