@@ -17,13 +17,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
+from mcp.server.elicitation import (
+    AcceptedElicitation,
+    DeclinedElicitation,
+    render_elicitation_schema,
+)
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.server.request_state import RequestStateSecurity
+from mcp.types import ToolAnnotations
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
+from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, Field
 
 import core  # noqa: F401  (offline switches first)
-from client.pipeline import Pipeline, RunResult, ServerPool
+from client.pipeline import ApprovalRequest, Decision, Pipeline, RunResult, ServerPool
 from core.errors import find_guardrag_error
 from core.settings import Settings, get_settings
 from servers.common import READ_ONLY, Collection, serve_main, tool_result
@@ -48,6 +56,43 @@ class RunBrief(BaseModel):
 class RunList(BaseModel):
     runs: list[RunBrief]
     capped: bool = Field(description="True when there are more runs than `limit`.")
+
+
+class ApprovalForm(BaseModel):
+    """What the person is asked when a run's answer is held (the MCP elicitation form)."""
+
+    approve: bool = Field(description="Release this answer to the user?")
+    note: str = Field("", description="Why (kept in the audit trail).", max_length=2000)
+
+
+APPROVAL_KEY = "approval"
+MULTI_ROUND = "2026-07-28"
+
+
+def approval_message(question: str, answer: str | None, reasons: list[str]) -> str:
+    return (f"guardrag holds this answer for your approval ({'; '.join(reasons)}).\n\nQuestion: {question}\n\n"
+            f"Answer: {answer or '(no answer text)'}\n\nRelease it?")
+
+
+def _who(ctx: Context) -> str:
+    """Who answered an elicitation: the MCP client's name as it introduced itself."""
+    try:
+        params = ctx.session.client_params
+        info = getattr(params, "client_info", None)
+        if info is not None:
+            return f"mcp-client:{info.name}"
+    except Exception as exc:  # noqa: BLE001 - a stateless request may carry no client info
+        log.debug("no client info: %r", exc)
+    return "mcp-client"
+
+
+def _can_elicit(ctx: Context) -> bool:
+    caps = ctx.client_capabilities
+    return caps is not None and caps.elicitation is not None
+
+
+def _multi_round(ctx: Context) -> bool:
+    return ctx.protocol_version is not None and is_version_at_least(ctx.protocol_version, MULTI_ROUND)
 
 
 def render(res: RunResult) -> str:
@@ -122,6 +167,9 @@ def build_server(settings: Settings | None = None, *, env: dict[str, str] | None
         ),
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
+        # The approval round trip carries the run id in requestState: sealed (AES-GCM, process key, 10 min TTL)
+        # so a client cannot settle a run it was not asked about.
+        request_state_security=RequestStateSecurity.ephemeral(),
     )
 
     def _pipeline() -> Pipeline:
@@ -137,21 +185,68 @@ def build_server(settings: Settings | None = None, *, env: dict[str, str] | None
                 log.debug("progress not sent: %r", exc)
         return on_step
 
-    @mcp.tool(annotations=RUN)
+    def _legacy_approver(ctx: Context) -> Any:
+        """Clients on protocols before 2026-07-28 are asked mid-call (a server-to-client elicitation request)."""
+        if _multi_round(ctx) or not _can_elicit(ctx):
+            return None
+
+        async def approver(req: ApprovalRequest) -> Decision | None:
+            try:
+                got = await ctx.elicit(approval_message(req.question, req.answer, req.reasons), ApprovalForm)
+            except Exception as exc:  # noqa: BLE001 - no back-channel: the run waits for `runs approve`
+                log.info("approval elicitation failed (%r); run %s awaits approval", exc, req.run_id)
+                return None
+            if isinstance(got, AcceptedElicitation):
+                return Decision(approved=got.data.approve, by=_who(ctx), note=got.data.note or None)
+            if isinstance(got, DeclinedElicitation):
+                return Decision(approved=False, by=_who(ctx), note="declined in the client")
+            return None  # cancelled: decide later
+        return approver
+
+    def _settle_from_responses(ctx: Context, run_id: str) -> RunResult:
+        """The retry of a call whose run awaited approval: settle it with the client's answer to the form."""
+        pipeline = _pipeline()
+        response = (ctx.input_responses or {}).get(APPROVAL_KEY)
+        action = getattr(response, "action", None)
+        content = getattr(response, "content", None) or {}
+        if action == "accept":
+            try:
+                form = ApprovalForm.model_validate(content)
+            except Exception as exc:  # noqa: BLE001 - a client sent a form that does not match
+                raise ToolError(f"invalid_input: the approval form does not match its schema: {exc}") from None
+            return pipeline.settle(run_id, approve=form.approve, by=_who(ctx), note=form.note or None)
+        if action == "decline":
+            return pipeline.settle(run_id, approve=False, by=_who(ctx), note="declined in the client")
+        return pipeline.result_of(run_id)  # cancelled or no answer: the run keeps waiting
+
+    @mcp.tool(annotations=RUN, structured_output=True)
     async def ask(
         question: Annotated[str, Field(description="The question, in natural language.", min_length=1,
                                        max_length=10_000)],
         ctx: Context,
         collection: Collection = None,
-    ) -> RunResult:
+    ) -> RunResult | InputRequiredResult:
         """Answer a question from the indexed documents, with citations. Runs the guarded pipeline: retrieve ->
         graph -> critique (refine and search again when the passages fall short) -> select -> answer -> guard
-        -> judge. The result has the answer (or an explicit error object such as insufficient_context or
-        blocked_by_guard), citations (chunk id, source, character span), what the guards did, the judge's
-        scores and the run id. Slow (seconds): progress is reported per step."""
+        -> judge -> risk review. The result has the answer (or an explicit error object such as
+        insufficient_context, blocked_by_guard or awaiting_approval), citations (chunk id, source, character
+        span), what the guards did, the judge's scores and the run id. A risky answer (financial, medical or legal
+        topic, low faithfulness, a guard block) is held: the client is asked to approve it (elicitation), or it
+        waits for `guardrag runs approve|reject`. Slow (seconds): progress is reported per step."""
+        if ctx.request_state:
+            res = await _checked(_settle_from_responses, ctx, ctx.request_state)
+            return tool_result(res, render(res))  # type: ignore[return-value]
         if not question.strip():
             raise ToolError("invalid_input: the question is empty")
-        res = await _checked(_pipeline().ask, question, collection=collection, on_step=_progress(ctx))
+        res = await _checked(_pipeline().ask, question, collection=collection, on_step=_progress(ctx),
+                             approver=_legacy_approver(ctx))
+        if res.status == "awaiting_approval" and _multi_round(ctx) and _can_elicit(ctx):
+            held = (_pipeline().store.get_run(res.run_id).result or {}).get("held_answer") or {}
+            form = ElicitRequestFormParams(
+                message=approval_message(question, held.get("text"), res.approval.reasons if res.approval else []),
+                requested_schema=render_elicitation_schema(ApprovalForm))
+            return InputRequiredResult(input_requests={APPROVAL_KEY: ElicitRequest(params=form)},
+                                       request_state=res.run_id)
         return tool_result(res, render(res))  # type: ignore[return-value]
 
     @mcp.tool(annotations=READ_ONLY)

@@ -61,9 +61,18 @@ class Citation(BaseModel):
 class AnswerError(BaseModel):
     """Why there is no answer text."""
 
-    code: Literal["insufficient_context", "blocked_by_guard", "budget_exceeded", "failed"]
+    code: Literal["insufficient_context", "blocked_by_guard", "budget_exceeded", "failed", "awaiting_approval",
+                  "rejected"]
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChainLink(BaseModel):
+    """One link of the answer chain and what became of it."""
+
+    link: str = Field(description="backend:model, offline-extractive, or static-response.")
+    outcome: Literal["answered", "failed"]
+    reason: str | None = None
 
 
 class Answer(BaseModel):
@@ -72,8 +81,11 @@ class Answer(BaseModel):
     text: str | None = None
     citations: list[Citation] = Field(default_factory=list)
     confidence: float = Field(0.0, ge=0, le=1)
-    backend: str = Field("offline-extractive", description="What wrote the answer.")
+    backend: str = Field("offline-extractive", description="What wrote the answer (the link that answered).")
     error: AnswerError | None = None
+    chain: list[ChainLink] = Field(default_factory=list, description="The links tried, in order, and their outcome.")
+    cached: bool = Field(False, description="Served from the semantic cache.")
+    cached_from: str | None = Field(None, description="The run whose answer was served from the cache.")
 
     @classmethod
     def failure(cls, code: str, message: str, **details: Any) -> Answer:
@@ -213,7 +225,13 @@ def model_answer(question: str, items: Sequence[ContextItem], backend: Any) -> t
     done = backend.complete(model_messages(question, items), ModelAnswer, schema_name="answer")
     reply: ModelAnswer = done.value
     info = {"backend": done.backend, "model": done.model, "tokens": done.usage.total_tokens,
+            "prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens,
             "requests": done.requests, "repaired": done.repaired}
+    if reply.answer.strip() and not reply.insufficient and not any(1 <= n <= len(items) for n in reply.citations):
+        from core.llm import LLMError
+
+        raise LLMError(f"{done.model} answered without citing any passage (an ungrounded answer is invalid)",
+                       details=info)
     if reply.insufficient or not reply.answer.strip():
         return Answer.failure("insufficient_context", "the model found no answer in the context",
                               model=done.model), info

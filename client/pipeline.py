@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -48,11 +49,19 @@ import httpx
 from pydantic import BaseModel, Field
 
 import core  # noqa: F401  (offline switches first)
-from client.answer import Answer, ContextItem, extractive_answer, model_answer
+from client.answer import (
+    SYSTEM_PROMPT,
+    Answer,
+    ChainLink,
+    ContextItem,
+    extractive_answer,
+    model_answer,
+)
 from client.connect import ServerSpec, ToolCallError, connect, load_servers_file
 from client.connect import call as mcp_call
-from client.state import RunRecord, RunStore, default_db_path
-from core.errors import GuardragError, find_guardrag_error
+from client.state import RunRecord, RunStore, Usage, default_db_path
+from core import telemetry
+from core.errors import Conflict, GuardragError, find_guardrag_error
 from core.schemas import ErrorInfo, GuardVerdict
 from core.settings import Settings
 
@@ -64,6 +73,8 @@ PAUSE_ENV = "GUARDRAG_AGENT_PAUSE_AT"
 M = TypeVar("M", bound=BaseModel)
 OnStep = Callable[[int, str, bool], Awaitable[None]]
 """Called before each step with (seq, name, replayed): progress for a caller such as the agent server."""
+Approver = Callable[["ApprovalRequest"], Awaitable["Decision | None"]]
+"""Asks a person to approve a held answer; returns their decision, or None when no one could be asked."""
 
 
 # ============================================================================ step models
@@ -163,6 +174,41 @@ class Judged(BaseModel):
     judge: JudgeSummary
 
 
+class Approval(BaseModel):
+    """The risk policy's verdict on a run and, once given, a person's decision."""
+
+    required: bool = False
+    reasons: list[str] = Field(default_factory=list, description="Why approval is needed (topic, low faithfulness, "
+                                                                 "guard block).")
+    decision: Literal["approved", "rejected"] | None = None
+    by: str | None = None
+    at: float | None = None
+    note: str | None = None
+
+
+class Reviewed(BaseModel):
+    judged: Judged
+    approval: Approval
+
+
+class ApprovalRequest(BaseModel):
+    """What a person is asked to approve."""
+
+    run_id: str
+    question: str
+    answer: str | None
+    reasons: list[str]
+    judge: JudgeSummary | None = None
+
+
+class Decision(BaseModel):
+    """A person's decision on a held answer."""
+
+    approved: bool
+    by: str = Field(min_length=1, max_length=200)
+    note: str | None = Field(None, max_length=2000)
+
+
 class StepSummary(BaseModel):
     seq: int
     name: str
@@ -177,7 +223,7 @@ class RunResult(BaseModel):
 
     run_id: str
     question: str
-    status: Literal["done", "tripped", "failed", "running"]
+    status: Literal["done", "tripped", "failed", "running", "awaiting_approval", "rejected"]
     answer: Answer | None = None
     output_guard: GuardVerdict | None = None
     withheld: list[Withheld] = Field(default_factory=list, description="Hits the guard policy blocked.")
@@ -187,6 +233,8 @@ class RunResult(BaseModel):
     judge: JudgeSummary | None = None
     graph: dict[str, Any] | None = None
     tokens: int = 0
+    cost: float = Field(0.0, description="What the run's model calls cost (the price table in settings).")
+    approval: Approval | None = None
     steps: list[StepSummary] = Field(default_factory=list)
     error: ErrorInfo | None = None
 
@@ -205,14 +253,34 @@ class BreakerTripped(GuardragError):
 
 
 class _Budget:
-    """Per-run counters the breakers read: tokens, tool-call fingerprints, start time."""
+    """Per-run counters the breakers read: tokens, cost, tool-call fingerprints, start time."""
 
-    def __init__(self, settings: Settings, counter: Callable[[str], int]) -> None:
+    def __init__(self, settings: Settings, counter: Callable[[str], int], store: RunStore | None = None) -> None:
         self.cfg = settings.agent
+        self.costs = settings.cost
         self.count = counter
+        self.store = store
         self.tokens = 0
+        self.cost = 0.0
         self.calls: dict[str, int] = {}
         self.started = time.monotonic()
+
+    def check_cost(self, pending: float = 0.0) -> None:
+        """Trip ``cost_budget`` when the run, or all runs today (UTC), spent their budget; ``pending`` is spent but
+        not stored yet."""
+        c = self.costs
+        if c.run_budget is not None and self.cost >= c.run_budget and self.cost > 0:
+            raise BreakerTripped("cost_budget", f"the run cost {self.cost:.6f} {c.currency}, its budget is "
+                                 f"{c.run_budget:g}", cost=round(self.cost, 6), limit=c.run_budget, scope="run")
+        if c.day_budget is not None and self.store is not None:
+            spent = self.store.cost_since(_day_start()) + pending
+            if spent >= c.day_budget and spent > 0:
+                raise BreakerTripped("cost_budget", f"today's runs cost {spent:.6f} {c.currency}, the daily budget "
+                                     f"is {c.day_budget:g}", cost=round(spent, 6), limit=c.day_budget, scope="day")
+
+    def add_cost(self, amount: float, pending: float = 0.0) -> None:
+        self.cost += amount
+        self.check_cost(pending)
 
     def check_deadline(self) -> None:
         elapsed = time.monotonic() - self.started
@@ -232,6 +300,12 @@ class _Budget:
             raise BreakerTripped("repeated_tool_call", f"{tool} was called {seen} times with the same arguments "
                                  f"(limit {self.cfg.max_identical_calls})", tool=tool, fingerprint=fingerprint)
         self.calls[fingerprint] = seen
+
+
+def _day_start(now: float | None = None) -> float:
+    """Midnight UTC of the current day, in epoch seconds."""
+    now = time.time() if now is None else now
+    return now - (now % 86400)
 
 
 def _fingerprint(server: str, tool: str, args: dict[str, Any]) -> str:
@@ -289,7 +363,7 @@ class ServerPool:
         await self._tg.start(self._own, inbox)
         return self
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
+    async def __aexit__(self, *exc: object) -> bool | None:
         await self._requests.aclose()
         return await self._tg.__aexit__(*exc)
 
@@ -335,6 +409,9 @@ class _Ctx:
         self.pool: ServerPool | None = None
         self.step_calls: list[str] = []
         self.step_tokens = 0
+        self.step_usage: list[Usage] = []
+        self.step_tools: list[dict[str, Any]] = []
+        self.approver: Approver | None = None
 
 
 class Pipeline:
@@ -342,9 +419,11 @@ class Pipeline:
     ``server_env`` overrides it per server."""
 
     def __init__(self, settings: Settings, store: RunStore | None = None, *, env: dict[str, str] | None = None,
-                 server_env: dict[str, dict[str, str]] | None = None, pool: ServerPool | None = None) -> None:
+                 server_env: dict[str, dict[str, str]] | None = None, pool: ServerPool | None = None,
+                 approver: Approver | None = None) -> None:
         self.settings = settings
         self.pool = pool
+        self.approver = approver
         self.store = store or open_store(settings)
         self.env = env
         self.server_env = server_env or {}
@@ -354,8 +433,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ public
 
-    async def ask(self, question: str, *, collection: str | None = None, on_step: OnStep | None = None) -> RunResult:
-        """Start a run for ``question`` and drive it to its end (done, tripped or failed)."""
+    async def ask(self, question: str, *, collection: str | None = None, on_step: OnStep | None = None,
+                  approver: Approver | None = None) -> RunResult:
+        """Start a run for ``question`` and drive it to its end (done, tripped, failed, or awaiting approval).
+        ``approver`` overrides the pipeline's for this run."""
         if not question.strip():
             raise GuardragError("the question is empty", code="invalid_input")
         cfg = self.settings.agent
@@ -365,12 +446,13 @@ class Pipeline:
                       "guards": self.settings.guards.model_dump(mode="json"),
                       "llm": [e.label for e in self.settings.llm.chain()]},
             versions=self._versions())
-        return await self._execute(run, on_step)
+        return await self._execute(run, on_step, approver)
 
-    async def resume(self, run_id: str, *, force: bool = False, on_step: OnStep | None = None) -> RunResult:
+    async def resume(self, run_id: str, *, force: bool = False, on_step: OnStep | None = None,
+                     approver: Approver | None = None) -> RunResult:
         """Continue a running (its process died) or failed run at the step that did not finish."""
         run = self.store.claim_run(run_id, force=force)
-        return await self._execute(run, on_step)
+        return await self._execute(run, on_step, approver)
 
     def result_of(self, run_id: str) -> RunResult:
         """The stored result of a run, or what is known so far when it did not end."""
@@ -382,21 +464,26 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
 
-    async def _execute(self, run: RunRecord, on_step: OnStep | None = None) -> RunResult:
-        budget = _Budget(self.settings, self._count)
+    async def _execute(self, run: RunRecord, on_step: OnStep | None = None,
+                       approver: Approver | None = None) -> RunResult:
+        budget = _Budget(self.settings, self._count, self.store)
+        budget.cost = sum(u["cost"] for u in self.store.usage(run.id))  # spent by earlier attempts of this run
+        if not self.store.audit(run.id):
+            await anyio.to_thread.run_sync(self._audit_start, run)
         ask = Ask(question=run.question, collection=run.settings.get("collection"), k=self.settings.agent.k)
         final: RunResult
         try:
             async with AsyncExitStack() as stack:
                 ctx = _Ctx(run, budget, stack, on_step)
+                ctx.approver = approver or self.approver
                 try:
-                    judged = await self._flow(ctx, ask)
+                    reviewed = await self._flow(ctx, ask)
                 except BreakerTripped as exc:
                     final = self._finish_tripped(ctx, exc)
                 except Exception as exc:  # noqa: BLE001 - recorded; the run stays resumable
                     final = self._finish_failed(ctx, exc)
                 else:
-                    final = self._finish_done(ctx, judged)
+                    final = await anyio.to_thread.run_sync(self._finish_reviewed, ctx, reviewed)
         except Exception as exc:  # noqa: BLE001 - a server that died makes its client's exit raise; state is recorded
             log.debug("closing the MCP sessions of run %s: %r", run.id, exc)
             stored = self.store.get_run(run.id)
@@ -406,7 +493,7 @@ class Pipeline:
             final = self.result_of(run.id)
         return final
 
-    async def _flow(self, ctx: _Ctx, ask: Ask) -> Judged:
+    async def _flow(self, ctx: _Ctx, ask: Ask) -> Reviewed:
         cfg = self.settings.agent
         ev = await self._step(ctx, "retrieve", ask, Evidence, self._retrieve)
         ev = await self._step(ctx, "graph", ev, Evidence, self._graph)
@@ -427,7 +514,8 @@ class Pipeline:
         sel = await self._step(ctx, "select", cr, Selected, self._select)
         ans = await self._step(ctx, "answer", sel, Answered, self._answer)
         grd = await self._step(ctx, "guard", ans, Guarded, self._guard)
-        return await self._step(ctx, "judge", grd, Judged, self._judge)
+        jdg = await self._step(ctx, "judge", grd, Judged, self._judge)
+        return await self._step(ctx, "review", jdg, Reviewed, self._review)
 
     async def _step(self, ctx: _Ctx, name: str, inp: BaseModel, out: type[M],
                     fn: Callable[[_Ctx, Any], Awaitable[M]]) -> M:
@@ -448,7 +536,7 @@ class Pipeline:
                 ctx.budget.calls[fp] = ctx.budget.calls.get(fp, 0) + 1
             return out.model_validate(stored.output)
         self.store.begin_step(run_id, seq, name, inp)
-        ctx.step_calls, ctx.step_tokens = [], 0
+        ctx.step_calls, ctx.step_tokens, ctx.step_usage, ctx.step_tools = [], 0, [], []
         started = time.perf_counter()
         try:
             if seq > self.settings.agent.max_steps:
@@ -458,15 +546,23 @@ class Pipeline:
             if os.environ.get(PAUSE_ENV) == name:  # test hook: stay here until killed
                 log.warning("paused at step %s of run %s (%s is set)", name, run_id, PAUSE_ENV)
                 await anyio.sleep(3600)
-            result = await fn(ctx, inp)
+            with telemetry.tracer("guardrag.client").start_as_current_span(
+                    f"step/{name}", attributes={"guardrag.run_id": run_id, "guardrag.step.seq": seq}):
+                result = await fn(ctx, inp)
         except BaseException as exc:
+            telemetry.observe_step(name, time.perf_counter() - started, ok=False)
             err = _error_info(exc, step=name, seq=seq)
-            timings = {"ms": round((time.perf_counter() - started) * 1000, 3)}
-            self.store.fail_step(run_id, seq, err, tokens=ctx.step_tokens, calls=ctx.step_calls, timings=timings)
+            timings = {"ms": round((time.perf_counter() - started) * 1000, 3), "tools": ctx.step_tools}
+            self.store.fail_step(run_id, seq, err, tokens=ctx.step_tokens, calls=ctx.step_calls, timings=timings,
+                                 usage=ctx.step_usage)
             raise
-        timings = {"ms": round((time.perf_counter() - started) * 1000, 3)}
+        timings = {"ms": round((time.perf_counter() - started) * 1000, 3), "tools": ctx.step_tools}
+        telemetry.observe_step(name, time.perf_counter() - started)
         self.store.complete_step(run_id, seq, result, tokens=ctx.step_tokens, calls=ctx.step_calls, timings=timings,
-                                 versions=_step_versions(result))
+                                 versions=_step_versions(result), usage=ctx.step_usage)
+        entry = _audit_entry(name, result)
+        if entry is not None:
+            await anyio.to_thread.run_sync(self._audit, run_id, *entry)
         return result
 
     # ------------------------------------------------------------------ MCP
@@ -490,8 +586,15 @@ class Pipeline:
             ctx.step_tokens += n
             ctx.budget.add_tokens(n)
         client = await self._client(ctx, server)
-        with anyio.fail_after(max(0.001, self.settings.agent.deadline_s - (time.monotonic() - ctx.budget.started))):
-            return await mcp_call(client, tool, args)
+        started, ok = time.perf_counter(), False
+        try:
+            with anyio.fail_after(max(0.001, self.settings.agent.deadline_s - (time.monotonic() - ctx.budget.started))):
+                res = await mcp_call(client, tool, args)
+            ok = True
+            return res
+        finally:
+            ctx.step_tools.append({"server": server, "tool": tool, "ok": ok,
+                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
 
     # ------------------------------------------------------------------ steps
 
@@ -568,6 +671,7 @@ class Pipeline:
         for g in res.get("contexts", []):
             if 0 <= g["index"] < len(hits):
                 grades[hits[g["index"]].chunk_id] = g["verdict"]
+        self._charge_judge(ctx, [res.get("run") or {}])
         crit = Critique(sufficient=bool(res.get("sufficient")), sufficiency=float(res.get("sufficiency", 0.0)),
                         contradictions=len(res.get("contradictions", [])), grades=grades,
                         missing=list(res.get("missing", [])), refined_queries=list(res.get("refined_queries", [])),
@@ -608,6 +712,9 @@ class Pipeline:
                         dropped=dropped)
 
     async def _answer(self, ctx: _Ctx, sel: Selected) -> Answered:
+        """The answer chain: each configured model in order, then the offline extractive answerer, then the static
+        response. A link that fails (error, invalid JSON after its repair, an answer citing no passage) hands over
+        to the next; the answer says which link answered and why the ones before it did not."""
         cfg = self.settings.agent
         if not sel.items:
             if sel.evidence.withheld and not sel.evidence.hits:
@@ -616,36 +723,76 @@ class Pipeline:
             else:
                 ans = Answer.failure("insufficient_context", "no usable context was found for the question")
             return Answered(selected=sel, answer=ans)
+        question = sel.evidence.ask.question
+        chain: list[ChainLink] = []
         info: dict[str, Any] = {}
-        from core.llm import FallbackChain, LLMError, backends_from_settings
+        from core.llm import LLMError, backends_from_settings
 
         backends = backends_from_settings(self.settings.llm)
-        if backends:
-            prompt_tokens = sum(i.tokens for i in sel.items)
-            ctx.step_tokens += prompt_tokens
-            ctx.budget.add_tokens(prompt_tokens)
-            try:
-                ans, info = await anyio.to_thread.run_sync(model_answer, sel.evidence.ask.question, sel.items,
-                                                           FallbackChain(backends))
+        try:
+            for backend in backends:
+                link = f"{backend.name}:{backend.model}"
+                ctx.budget.check_cost(sum(u.cost for u in ctx.step_usage))
+                prompt_tokens = sum(i.tokens for i in sel.items)
+                ctx.step_tokens += prompt_tokens
+                ctx.budget.add_tokens(prompt_tokens)
+                began = time.perf_counter()
+                try:
+                    ans, info = await anyio.to_thread.run_sync(model_answer, question, sel.items, backend)
+                    telemetry.observe_generation(link, int(info.get("prompt_tokens") or 0),
+                                                 int(info.get("completion_tokens") or 0), time.perf_counter() - began)
+                except LLMError as exc:
+                    self._charge(ctx, backend.name, backend.model, exc.details or {})
+                    chain.append(ChainLink(link=link, outcome="failed", reason=exc.message))
+                    continue
+                self._charge(ctx, backend.name, backend.model, info)
                 extra = max(0, int(info.get("tokens") or 0) - prompt_tokens)
                 ctx.step_tokens += extra
                 ctx.budget.add_tokens(extra)
+                chain.append(ChainLink(link=link, outcome="answered"))
+                ans.chain = chain
                 return Answered(selected=sel, answer=ans, answer_info=info)
-            except LLMError as exc:
-                info = {"fallback_from": exc.message}
-            finally:
-                for b in backends:
-                    b.close()
+        finally:
+            for b in backends:
+                b.close()
+        if chain:
+            info = {"fallback_from": [c.reason for c in chain]}
         embedder = await anyio.to_thread.run_sync(self._get_embedder)
-        if embedder is None:
-            return Answered(selected=sel, answer=Answer.failure(
-                "failed", "no model backend is configured and the embedding model is not installed "
-                "(`guardrag models install`)"), answer_info=info)
-        ans = await anyio.to_thread.run_sync(
-            lambda: extractive_answer(sel.evidence.ask.question, sel.items, embedder,
-                                      max_sentences=cfg.answer_sentences, min_score=cfg.min_answer_score,
-                                      sufficiency=sel.critique.sufficiency))
+        if embedder is not None:
+            ans = await anyio.to_thread.run_sync(
+                lambda: extractive_answer(question, sel.items, embedder, max_sentences=cfg.answer_sentences,
+                                          min_score=cfg.min_answer_score, sufficiency=sel.critique.sufficiency))
+            ans.chain = [*chain, ChainLink(link="offline-extractive", outcome="answered")]
+            return Answered(selected=sel, answer=ans, answer_info=info)
+        chain.append(ChainLink(link="offline-extractive", outcome="failed",
+                               reason="the embedding model is not installed (`guardrag models install`)"))
+        if cfg.static_response:
+            ans = Answer(text=cfg.static_response, confidence=0.0, backend="static-response",
+                         chain=[*chain, ChainLink(link="static-response", outcome="answered")])
+            return Answered(selected=sel, answer=ans, answer_info=info)
+        ans = Answer.failure("failed", "every link of the answer chain failed: "
+                             + "; ".join(f"{c.link}: {c.reason}" for c in chain))
+        ans.chain = chain
         return Answered(selected=sel, answer=ans, answer_info=info)
+
+    def _charge(self, ctx: _Ctx, backend: str, model: str, info: dict[str, Any]) -> None:
+        """Record what a model call spent (tokens in and out, priced) and check the cost budget."""
+        tin = int(info.get("prompt_tokens") or 0)
+        tout = int(info.get("completion_tokens") or 0)
+        if not tin and not tout and info.get("tokens"):
+            tin = int(info["tokens"])
+        if not tin and not tout:
+            return
+        usage = _priced(self.settings, backend, model, tin, tout)
+        ctx.step_usage.append(usage)
+        ctx.budget.add_cost(usage.cost, pending=sum(u.cost for u in ctx.step_usage))
+
+    def _charge_judge(self, ctx: _Ctx, runs: list[dict[str, Any]]) -> None:
+        """Record the judge server's model use (its results carry the usage when a model judged)."""
+        for run in runs:
+            usage = (run or {}).get("usage")
+            if usage:
+                self._charge(ctx, run.get("backend", "judge"), run.get("model", "?"), usage)
 
     async def _guard(self, ctx: _Ctx, ans: Answered) -> Guarded:
         if ans.answer.error is not None or not ans.answer.text:
@@ -665,6 +812,8 @@ class Pipeline:
     async def _judge(self, ctx: _Ctx, g: Guarded) -> Judged:
         if g.answer.error is not None or not g.answer.text:
             return Judged(guarded=g, judge=JudgeSummary(skipped=True, reason="there is no answer to judge"))
+        if g.answer.backend == "static-response":
+            return Judged(guarded=g, judge=JudgeSummary(skipped=True, reason="a static response claims nothing"))
         items = g.answered.selected.items
         question = g.answered.selected.evidence.ask.question
         contexts = [i.text for i in items][:50]
@@ -678,8 +827,10 @@ class Pipeline:
         res = await self._call(ctx, "judge", "judge_all",
                                {"question": question, "answer": g.answer.text, "contexts": contexts},
                                text=g.answer.text + "\n" + "\n".join(contexts))
-        rubrics = [res[p]["run"]["rubric"] for p in ("faithfulness", "relevance", "context", "safety")
-                   if isinstance(res.get(p), dict) and res[p].get("run")]
+        runs = [res[p]["run"] for p in ("faithfulness", "relevance", "context", "safety")
+                if isinstance(res.get(p), dict) and res[p].get("run")]
+        self._charge_judge(ctx, runs)
+        rubrics = [r["rubric"] for r in runs]
         summary = JudgeSummary(
             passed=res.get("passed"), faithfulness=res["faithfulness"]["score"],
             faithfulness_verdict=res["faithfulness"]["verdict"], relevance=res["relevance"]["score"],
@@ -687,14 +838,29 @@ class Pipeline:
             context_sufficiency=res["context"]["sufficiency"], rubrics=rubrics)
         return Judged(guarded=g, judge=summary)
 
+    async def _review(self, ctx: _Ctx, j: Judged) -> Reviewed:
+        """The risk policy: a risky topic, low faithfulness or a guard block holds the answer for a person's approval;
+        the approver (the CLI's prompt, the agent server's elicitation) is asked when there is one."""
+        reasons = risk_reasons(self.settings, j)
+        approval = Approval(required=bool(reasons), reasons=reasons)
+        if reasons and ctx.approver is not None:
+            req = ApprovalRequest(run_id=ctx.run.id, question=j.guarded.answered.selected.evidence.ask.question,
+                                  answer=j.guarded.answer.text, reasons=reasons, judge=j.judge)
+            decision = await ctx.approver(req)
+            if decision is not None:
+                approval.decision = "approved" if decision.approved else "rejected"
+                approval.by, approval.at, approval.note = decision.by, time.time(), decision.note
+        return Reviewed(judged=j, approval=approval)
+
     # ------------------------------------------------------------------ endings
 
     def _base_result(self, ctx: _Ctx, status: str) -> RunResult:
         run = self.store.get_run(ctx.run.id, steps=True)
         return RunResult(run_id=run.id, question=run.question, status=status,  # type: ignore[arg-type]
-                         tokens=ctx.budget.tokens, steps=_summaries(run))
+                         tokens=ctx.budget.tokens, cost=round(ctx.budget.cost, 8), steps=_summaries(run))
 
-    def _finish_done(self, ctx: _Ctx, j: Judged) -> RunResult:
+    def _finish_reviewed(self, ctx: _Ctx, r: Reviewed) -> RunResult:
+        j = r.judged
         ev = j.guarded.answered.selected.evidence
         res = self._base_result(ctx, "done")
         res.answer = j.guarded.answer
@@ -705,7 +871,39 @@ class Pipeline:
         res.rounds = sum(s.name == "refine" for s in res.steps)
         res.judge = j.judge
         res.graph = ev.graph
-        self.store.finish_run(ctx.run.id, "done", result=res)
+        res.approval = r.approval
+        stored: dict[str, Any] | RunResult = res
+        if r.approval.required and r.approval.decision is None:
+            held = res.answer
+            res.status = "awaiting_approval"
+            res.answer = Answer.failure("awaiting_approval", "the answer is held for a person's approval ("
+                                        + "; ".join(r.approval.reasons) + f"): `guardrag runs approve {res.run_id}` "
+                                        f"releases it, `guardrag runs reject {res.run_id}` refuses it")
+            stored = {**res.model_dump(mode="json"), "held_answer": held.model_dump(mode="json")}
+        elif r.approval.decision == "rejected":
+            res.status = "rejected"
+            res.answer = _rejected(r.approval)
+        self.store.finish_run(ctx.run.id, res.status, result=stored)  # type: ignore[arg-type]
+        self._audit_finish(res, held=stored is not res)
+        return res
+
+    def settle(self, run_id: str, *, approve: bool, by: str, note: str | None = None) -> RunResult:
+        """Approve (release the held answer) or reject a run that awaits approval; recorded with who and when."""
+        run = self.store.get_run(run_id)
+        if run.status != "awaiting_approval" or not run.result:
+            raise Conflict(f"run {run_id} is {run.status}, not awaiting approval", details={"status": run.status})
+        res = RunResult.model_validate(run.result)
+        approval = res.approval or Approval(required=True)
+        approval.decision = "approved" if approve else "rejected"
+        approval.by, approval.at, approval.note = by, time.time(), note
+        res.approval = approval
+        if approve:
+            res.status, res.answer = "done", Answer.model_validate(run.result["held_answer"])
+        else:
+            res.status, res.answer = "rejected", _rejected(approval)
+        self.store.settle_run(run_id, res.status, result=res)
+        self._audit(run_id, "approval", approval.model_dump(mode="json"))
+        self._audit_finish(res, held=False)
         return res
 
     def _finish_tripped(self, ctx: _Ctx, exc: BreakerTripped) -> RunResult:
@@ -714,6 +912,9 @@ class Pipeline:
         res.error = err
         res.answer = Answer.failure("budget_exceeded", exc.message, breaker=exc.breaker)
         self.store.finish_run(ctx.run.id, "tripped", result=res, error=err)
+        self._audit(ctx.run.id, "breaker", {"breaker": exc.breaker, "message": exc.message, "details": exc.details,
+                                            "step": ctx.step_name, "seq": ctx.seq})
+        self._audit_finish(res, held=False)
         _alert(self.settings, ctx.run.id, exc)
         return res
 
@@ -744,6 +945,24 @@ class Pipeline:
         emb = self._get_embedder()
         return emb.count_tokens(text) if emb is not None else max(1, len(text) // 4)
 
+    def _audit(self, run_id: str, kind: str, payload: dict[str, Any]) -> None:
+        self.store.append_audit(run_id, kind, payload)
+
+    def _audit_start(self, run: RunRecord) -> None:
+        settings = json.dumps(run.settings, sort_keys=True, default=str)
+        self._audit(run.id, "run_started", {
+            "question": _anon(run.question), "question_sha256": _sha(run.question),
+            "collection": run.settings.get("collection"), "settings_sha256": _sha(settings),
+            "versions": run.versions, "answer_prompt_sha256": _sha(SYSTEM_PROMPT)})
+
+    def _audit_finish(self, res: RunResult, *, held: bool) -> None:
+        ans = res.answer
+        self._audit(res.run_id, "run_finished", {
+            "status": res.status, "tokens": res.tokens, "cost": res.cost, "currency": self.settings.cost.currency,
+            "answer": _anon(ans.text) if ans is not None and ans.text else None,
+            "answer_error": ans.error.code if ans is not None and ans.error else None,
+            "answer_held": held, "error": res.error.model_dump(mode="json") if res.error else None})
+
     def _versions(self) -> dict[str, Any]:
         from guards import injection
         from guards.policy import POLICY_VERSION
@@ -753,6 +972,85 @@ class Pipeline:
 
 
 # ============================================================================ small functions
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _anon(text: str) -> str:
+    """``text`` with every PII entity the scanner knows replaced by its type (``<PERSON>``, ``<EMAIL_ADDRESS>``):
+    how the audit trail stores what people wrote and read."""
+    from guards.pii import anonymize, scan_pii
+
+    return anonymize(text, scan_pii(text).findings, "replace")
+
+
+def _priced(settings: Settings, backend: str, model: str, tokens_in: int, tokens_out: int) -> Usage:
+    """Tokens and their cost from the price table (offline backends are free; a model with no price is unpriced)."""
+    label = f"{backend}:{model}"
+    if backend.startswith("offline"):
+        return Usage(model=label, tokens_in=tokens_in, tokens_out=tokens_out, cost=0.0)
+    price = settings.cost.prices.get(model) or settings.cost.prices.get(label)
+    if price is None:
+        return Usage(model=label, tokens_in=tokens_in, tokens_out=tokens_out, cost=0.0, priced=False)
+    cost = tokens_in / 1e6 * price.input + tokens_out / 1e6 * price.output
+    return Usage(model=label, tokens_in=tokens_in, tokens_out=tokens_out, cost=round(cost, 10))
+
+
+def risk_reasons(settings: Settings, j: Judged) -> list[str]:
+    """Why a run's answer needs a person's approval (empty: it does not): a risky topic in the question, low
+    faithfulness, or a guard block."""
+    policy = settings.approval
+    if not policy.enabled:
+        return []
+    question = j.guarded.answered.selected.evidence.ask.question
+    reasons = []
+    for topic, rule in policy.topics.items():
+        hits = [k for k in rule.keywords if re.search(r"(?<![\w])" + re.escape(k.lower()), question.lower())]
+        if hits:
+            reasons.append(f"{topic} topic ({', '.join(hits[:3])})")
+    faith, floor = j.judge.faithfulness, policy.min_faithfulness
+    if not j.judge.skipped and faith is not None:
+        if floor is not None and faith < floor:
+            reasons.append(f"low faithfulness ({faith:.2f} < {floor:g})")
+        elif floor is None and j.judge.faithfulness_verdict == "unfaithful":
+            reasons.append(f"low faithfulness ({faith:.2f}: the judge finds the answer unfaithful)")
+    ev = j.guarded.answered.selected.evidence
+    if policy.on_guard_block and (ev.withheld or j.guarded.verdict.status == "blocked"):
+        what = "the answer" if j.guarded.verdict.status == "blocked" else f"{len(ev.withheld)} passage(s)"
+        reasons.append(f"guard blocked {what}")
+    return reasons
+
+
+def _rejected(a: Approval) -> Answer:
+    return Answer.failure("rejected", f"a reviewer ({a.by}) rejected the answer" + (f": {a.note}" if a.note else ""),
+                          by=a.by, at=a.at)
+
+
+def _audit_entry(step: str, out: BaseModel) -> tuple[str, dict[str, Any]] | None:
+    """The audit record of a finished step (None: the step leaves nothing to explain)."""
+    if isinstance(out, Selected):
+        return "sources", {
+            "used": [{"chunk_id": i.chunk_id, "source": i.source, "doc_id": i.doc_id, "sha256": _sha(i.text),
+                      "guard": i.guard, "origin": i.origin, "tokens": i.tokens} for i in out.items],
+            "withheld": [w.model_dump(mode="json") for w in out.evidence.withheld],
+            "dropped": out.dropped, "queries": len(out.evidence.searched)}
+    if isinstance(out, Answered):
+        a = out.answer
+        return "answer", {"backend": a.backend, "chain": [c.model_dump(mode="json") for c in a.chain],
+                          "citations": [c.model_dump(mode="json") for c in a.citations], "confidence": a.confidence,
+                          "error": a.error.code if a.error else None, "prompt_sha256": _sha(SYSTEM_PROMPT),
+                          "model": out.answer_info.get("model"), "text_sha256": _sha(a.text) if a.text else None}
+    if isinstance(out, Guarded):
+        return "output_guard", {"status": out.verdict.status, "policy": out.verdict.policy,
+                                "categories": sorted({f.category for f in out.verdict.findings}),
+                                "allowed": out.allowed, "details": out.verdict.details}
+    if isinstance(out, Judged):
+        return "judge", out.judge.model_dump(mode="json")
+    if isinstance(out, Reviewed):
+        return "risk_review", out.approval.model_dump(mode="json")
+    return None
 
 
 def _good(c: Critique) -> bool:

@@ -11,7 +11,12 @@ its process died: it is redone in place (same row, ``attempts`` + 1), never dupl
 step is never redone, its stored output is replayed instead.
 
 Run statuses: ``running`` (in progress, or its process died), ``failed`` (a step raised: resumable),
-``tripped`` (a circuit breaker ended it: final), ``done`` (final).
+``tripped`` (a circuit breaker ended it: final), ``done`` (final), ``awaiting_approval`` (the answer is held
+until a person approves or rejects it), ``rejected`` (final).
+
+Two more tables: ``usage`` (tokens in and out and their cost, per step and model, written in the step's own
+transaction, so a replayed step is never counted twice and a redone one is counted as the spend it was) and
+``audit`` (the decision record of a run; append-only: SQLite triggers refuse UPDATE and DELETE).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from pydantic import BaseModel, Field
 
 from core.errors import Conflict, NotFound
 
-__all__ = ["RunRecord", "RunStore", "StepRecord", "default_db_path"]
+__all__ = ["AuditEntry", "RunRecord", "RunStore", "StepRecord", "Usage", "default_db_path"]
 
-RunStatus = Literal["running", "failed", "tripped", "done"]
+RunStatus = Literal["running", "failed", "tripped", "done", "awaiting_approval", "rejected"]
 StepStatus = Literal["pending", "running", "done", "failed"]
-SCHEMA_VERSION = 1
+FINAL = ("done", "tripped", "rejected")
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -68,7 +74,50 @@ CREATE TABLE IF NOT EXISTS steps (
     versions TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS usage (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    step TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    priced INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage(at);
+CREATE INDEX IF NOT EXISTS usage_run ON usage(run_id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id, id);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
 """
+
+
+class Usage(BaseModel):
+    """Tokens one step spent with one model, and what they cost (0 for offline backends)."""
+
+    model: str = Field(description="backend:model, e.g. openai-compatible:gpt-4o-mini, or offline:embedder.")
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    priced: bool = Field(True, description="False when the model has no entry in the price table.")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    run_id: str
+    at: float
+    kind: str
+    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 def default_db_path(data_dir: Path, configured: Path | None = None) -> Path:
@@ -137,7 +186,7 @@ class RunStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._tx() as c:  # not executescript: it commits on its own
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";\n"))):
                 c.execute(statement)
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -180,8 +229,10 @@ class RunStore:
             row = c.execute("SELECT status, pid FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no run {run_id!r}; `guardrag runs list` shows the runs")
-            if row["status"] in ("done", "tripped"):
-                raise Conflict(f"run {run_id} is {row['status']}; only a running or failed run can be resumed",
+            if row["status"] in (*FINAL, "awaiting_approval"):
+                hint = ("; settle it with `guardrag runs approve|reject`" if row["status"] == "awaiting_approval"
+                        else "")
+                raise Conflict(f"run {run_id} is {row['status']}; only a running or failed run can be resumed{hint}",
                                details={"status": row["status"]})
             if (row["status"] == "running" and not force and row["pid"] and row["pid"] != os.getpid()
                     and _alive(row["pid"])):
@@ -196,6 +247,14 @@ class RunStore:
         with self._tx() as c:
             c.execute("UPDATE runs SET status = ?, result = ?, error = ?, updated_at = ? WHERE id = ?",
                       (status, _dump(result), _dump(error), time.time(), run_id))
+
+    def settle_run(self, run_id: str, status: RunStatus, *, result: Any) -> None:
+        """Settle a run that awaits approval (``done`` or ``rejected``); a Conflict when it no longer awaits."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE runs SET status = ?, result = ?, updated_at = ? WHERE id = ? "
+                            "AND status = 'awaiting_approval'", (status, _dump(result), time.time(), run_id))
+            if cur.rowcount != 1:
+                raise Conflict(f"run {run_id} does not await approval (any more)")
 
     def get_run(self, run_id: str, *, steps: bool = False) -> RunRecord:
         row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -250,22 +309,24 @@ class RunStore:
         return step
 
     def complete_step(self, run_id: str, seq: int, output: Any, *, tokens: int = 0, calls: list[str] | None = None,
-                      timings: dict[str, Any] | None = None, versions: dict[str, Any] | None = None) -> None:
-        """Mark a running step done with its output (one transaction)."""
+                      timings: dict[str, Any] | None = None, versions: dict[str, Any] | None = None,
+                      usage: list[Usage] | None = None) -> None:
+        """Mark a running step done with its output and what it spent (one transaction)."""
         self._end_step(run_id, seq, "done", output=output, error=None, tokens=tokens, calls=calls, timings=timings,
-                       versions=versions)
+                       versions=versions, usage=usage)
 
     def fail_step(self, run_id: str, seq: int, error: Any, *, tokens: int = 0, calls: list[str] | None = None,
-                  timings: dict[str, Any] | None = None) -> None:
+                  timings: dict[str, Any] | None = None, usage: list[Usage] | None = None) -> None:
         """Mark a running step failed with an error object (one transaction); it is redone on resume."""
         self._end_step(run_id, seq, "failed", output=None, error=error, tokens=tokens, calls=calls, timings=timings,
-                       versions=None)
+                       versions=None, usage=usage)
 
     def _end_step(self, run_id: str, seq: int, status: StepStatus, *, output: Any, error: Any, tokens: int,
-                  calls: list[str] | None, timings: dict[str, Any] | None, versions: dict[str, Any] | None) -> None:
+                  calls: list[str] | None, timings: dict[str, Any] | None, versions: dict[str, Any] | None,
+                  usage: list[Usage] | None = None) -> None:
         now = time.time()
         with self._tx() as c:
-            row = c.execute("SELECT status, started_at FROM steps WHERE run_id = ? AND seq = ?",
+            row = c.execute("SELECT status, started_at, name FROM steps WHERE run_id = ? AND seq = ?",
                             (run_id, seq)).fetchone()
             if row is None or row["status"] != "running":
                 raise Conflict(f"run {run_id} step {seq} is not running; it cannot end as {status}")
@@ -274,7 +335,41 @@ class RunStore:
                       "calls = ?, timings = ?, versions = ? WHERE run_id = ? AND seq = ?",
                       (status, _dump(output), _dump(error), now, duration, tokens, _dump(calls or []),
                        _dump(timings or {}), _dump(versions or {}), run_id, seq))
+            for u in usage or []:
+                c.execute("INSERT INTO usage (run_id, seq, at, step, model, tokens_in, tokens_out, cost, priced) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, seq, now, row["name"], u.model, u.tokens_in,
+                                                                 u.tokens_out, u.cost, int(u.priced)))
             c.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id))
+
+    # ---------------------------------------------------------------- cost
+
+    def usage(self, run_id: str | None = None, *, since: float | None = None) -> list[dict[str, Any]]:
+        """Usage rows (of one run, or since a time), oldest first."""
+        sql, args = "SELECT * FROM usage WHERE 1 = 1", []
+        if run_id is not None:
+            sql, args = sql + " AND run_id = ?", [*args, run_id]
+        if since is not None:
+            sql, args = sql + " AND at >= ?", [*args, since]
+        return [dict(r) for r in self._conn.execute(sql + " ORDER BY at, rowid", args).fetchall()]
+
+    def cost_since(self, since: float) -> float:
+        """Total cost of everything spent since ``since`` (epoch seconds), all runs."""
+        row = self._conn.execute("SELECT COALESCE(SUM(cost), 0) AS c FROM usage WHERE at >= ?", (since,)).fetchone()
+        return float(row["c"])
+
+    # ---------------------------------------------------------------- audit
+
+    def append_audit(self, run_id: str, kind: str, payload: dict[str, Any]) -> None:
+        """Append one entry to a run's audit trail (never changed or deleted afterwards)."""
+        with self._tx() as c:
+            c.execute("INSERT INTO audit (run_id, at, kind, payload) VALUES (?, ?, ?, ?)",
+                      (run_id, time.time(), kind, _dump(payload)))
+
+    def audit(self, run_id: str) -> list[AuditEntry]:
+        """A run's audit trail, in order."""
+        rows = self._conn.execute("SELECT * FROM audit WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [AuditEntry(id=r["id"], run_id=r["run_id"], at=r["at"], kind=r["kind"], payload=_load(r["payload"]) or {})
+                for r in rows]
 
 
 def _alive(pid: int) -> bool:

@@ -202,6 +202,59 @@ class AgentSettings(BaseModel):
         "VS Code's `servers`). Unset, or a server it does not name: this install's server over stdio.")
     webhook_url: str | None = Field(None, description="POST a JSON alert here when a breaker trips (unset: log only).")
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds the alert webhook may take.")
+    static_response: str | None = Field(
+        "I can't answer that reliably right now. Please try again later or contact support.",
+        description="Last link of the answer chain: said when every model and the offline answerer failed "
+        "(unset: the run reports the failure instead).")
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, per million tokens."""
+
+    input: float = Field(0.0, ge=0, description="Price of one million prompt tokens.")
+    output: float = Field(0.0, ge=0, description="Price of one million completion tokens.")
+
+
+class CostSettings(BaseModel):
+    """Cost accounting: a price table per model, and budgets that trip the ``cost_budget`` breaker."""
+
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Price per model name (as the endpoint knows it, e.g. 'gpt-4o-mini'). "
+        "Offline backends cost nothing; a model with no entry is counted at 0 and reported as unpriced.")
+    currency: str = Field("USD", max_length=8)
+    run_budget: float | None = Field(None, ge=0, description="Breaker: most one run may cost (unset: no limit).")
+    day_budget: float | None = Field(None, ge=0, description="Breaker: most all runs may cost per UTC day.")
+
+
+class RiskTopic(BaseModel):
+    """A topic whose questions need a person's approval before the answer is released."""
+
+    keywords: list[str] = Field(description="Words or stems matched case-insensitively at word starts in the "
+                                            "question and the answer ('diagnos' matches 'diagnosis').")
+
+
+def _default_topics() -> dict[str, RiskTopic]:
+    return {
+        "financial": RiskTopic(keywords=["invest", "loan", "mortgage", "stock", "shares", "portfolio", "retirement",
+                                         "pension", "tax", "credit limit", "wire transfer", "refund over"]),
+        "medical": RiskTopic(keywords=["diagnos", "dosage", "dose", "medication", "prescri", "symptom", "treatment",
+                                       "surgery", "pregnan", "overdose"]),
+        "legal": RiskTopic(keywords=["lawsuit", "sue ", "liabilit", "legal advice", "contract breach", "court",
+                                     "attorney", "lawyer", "custody", "visa status"]),
+    }
+
+
+class ApprovalSettings(BaseModel):
+    """Human approval: a risk policy that holds an answer until a person approves it."""
+
+    enabled: bool = Field(True, description="Apply the risk policy (off: no run ever waits for approval).")
+    topics: dict[str, RiskTopic] = Field(default_factory=_default_topics,
+                                         description="Risky topics by keyword (financial, medical, legal).")
+    min_faithfulness: float | None = Field(
+        None, ge=0, le=1, description="An answer the judge scores below this needs approval (unset: an answer the "
+        "judge finds unfaithful, at its rubric's threshold, needs approval).")
+    on_guard_block: bool = Field(True, description="A run where the guard blocked a passage or the answer needs "
+                                                   "approval.")
 
 
 class Settings(BaseSettings):
@@ -228,6 +281,8 @@ class Settings(BaseSettings):
     graph: GraphSettings = Field(default_factory=GraphSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

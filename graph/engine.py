@@ -129,8 +129,12 @@ class GraphEngine:
     on the data dir); a graph another process changed is reloaded on the next call.
     """
 
-    def __init__(self, settings: Settings, *, embedder: Any | None = None, nlp: Any | None = None):
+    def __init__(self, settings: Settings, *, embedder: Any | None = None, nlp: Any | None = None,
+                 subject_weight: float = gsearch.SUBJECT_WEIGHT):
+        if not (isinstance(subject_weight, int | float) and math.isfinite(subject_weight) and subject_weight > 0):
+            raise InvalidInput(f"subject_weight must be a finite number > 0; got {subject_weight!r}.")
         self.settings = settings
+        self.subject_weight = float(subject_weight)  # PPR: entity-chunk edge weight when the chunk is about it
         self.gs = settings.graph
         self.root = settings.data_dir / "graph"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -243,7 +247,9 @@ class GraphEngine:
 
     def _bipartite(self, g: _Graph) -> gsearch.BipartiteIndex:
         if "bip" not in g.cache:
-            g.cache["bip"] = gsearch.BipartiteIndex.build(g.state.graph, self._projection(g), g.state.chunks)
+            subjects = gsearch.chunk_subjects(g.state.graph, g.state.docs, g.state.chunks, g.state.aliases)
+            g.cache["bip"] = gsearch.BipartiteIndex.build(g.state.graph, self._projection(g), g.state.chunks,
+                                                          subjects=subjects, subject_weight=self.subject_weight)
         return g.cache["bip"]
 
     def _communities(self, g: _Graph) -> list[list[comm.Community]]:
@@ -737,18 +743,28 @@ class GraphEngine:
                                  timings_ms=timings)
 
     def ppr_search(self, query: str, k: int = 10, cursor: str | None = None,
-                   seed_chunks: Mapping[str, float] | None = None, collection: str | None = None) -> PprResult:
+                   seed_chunks: Mapping[str, float] | None = None, collection: str | None = None,
+                   hop_chunks: Mapping[str, float] | None = None) -> PprResult:
         """Personalised PageRank over the entity-chunk graph (HippoRAG), restarting at the question's
         entities (weighted by specificity) and, optionally, at ``seed_chunks`` (chunk id -> weight,
         e.g. a retriever's hits). Returns chunks by PageRank score; an empty list when nothing of the
-        question is in the graph. O(50 x (entities + chunks + edges)) per call."""
+        question is in the graph. O(50 x (entities + chunks + edges)) per call.
+
+        ``hop_chunks`` (chunk id -> weight, e.g. ``1 / rank`` of a retriever's first hits) adds a second
+        hop, iterative retrieval without an LLM: the walk also restarts at every entity those chunks
+        mention, with the chunk's weight (on the scale of a question entity named outright, 1), so the
+        passages *about* the entities the first hits name (the bridge of a multi-hop question) surface.
+        Unlike ``seed_chunks`` it does not restart at the hits themselves (only at what they name,
+        their own subject included)."""
         t0 = time.perf_counter()
         self._check_query(query)
         self._check_k(k)
         offset = decode_cursor(cursor)
-        if seed_chunks is not None and (not isinstance(seed_chunks, Mapping) or any(
-                not isinstance(w, int | float) or not math.isfinite(w) or w < 0 for w in seed_chunks.values())):
-            raise InvalidInput("seed_chunks must map chunk ids to finite weights >= 0.")
+        for what, given in (("seed_chunks", seed_chunks), ("hop_chunks", hop_chunks)):
+            if given is not None and (not isinstance(given, Mapping) or any(
+                    not isinstance(w, int | float) or isinstance(w, bool) or not math.isfinite(w) or w < 0
+                    for w in given.values())):
+                raise InvalidInput(f"{what} must map chunk ids to finite weights >= 0.")
         g = self._open(collection)
         timings: dict[str, float] = {}
         seeds = self._question_entities(g, query, timings)
@@ -756,10 +772,14 @@ class GraphEngine:
         bip = self._bipartite(g)
         timings["index"] = _ms(t)
         t = time.perf_counter()
-        ranked = bip.chunk_scores({key: s for key, (s, _) in seeds.items()}, seed_chunks, damping=self.gs.ppr_damping)
+        restart = {key: s for key, (s, _) in seeds.items()}
+        hop = bip.hop_seeds(hop_chunks) if hop_chunks else {}
+        for key, s in hop.items():
+            restart[key] = restart.get(key, 0.0) + s
+        ranked = bip.chunk_scores(restart, seed_chunks, damping=self.gs.ppr_damping)
         timings["pagerank"] = _ms(t)
         page = ranked[offset : offset + k]
-        seed_keys = set(seeds)
+        seed_keys = set(restart)
         hits = []
         resolve = g.state.aliases.resolve
         for c, s in page:

@@ -11,17 +11,19 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import networkx as nx
 import numpy as np
 
 from graph.canonical import AliasTable, normalize
-from graph.state import COOC, edge_weight
+from graph.extract import TITLE_LABEL
+from graph.state import COOC, ChunkRecord, DocRecord, edge_weight
 
 __all__ = [
     "BipartiteIndex",
+    "chunk_subjects",
     "entity_chunks",
     "expand",
     "k_shortest_paths",
@@ -34,6 +36,7 @@ __all__ = [
 
 _WORD = re.compile(r"[\w][\w'’.&-]*", re.UNICODE)
 RELATION_BOOST = 2.0  # a parsed relation counts twice a co-occurrence in the projection
+SUBJECT_WEIGHT = 12.0  # entity-chunk edge weight when the entity is what the chunk is about (tuned: bench/graph.py)
 
 
 def projection(g: nx.MultiDiGraph) -> nx.Graph:
@@ -152,6 +155,44 @@ def rank_chunks(g: nx.MultiDiGraph, scores: Mapping[str, float], total_chunks: i
     return [(c, s, [k for _, k in sorted(why[c], key=lambda p: (-p[0], p[1]))]) for c, s in ranked]
 
 
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+
+
+def _lead(text: str) -> str:
+    return _ARTICLE.sub("", text.lstrip()[:300]).lower()
+
+
+def _opens_with(head: str, surface: str) -> bool:
+    """``head`` (a :func:`_lead` text) starts with the whole words of ``surface``."""
+    s = _lead(surface)
+    return bool(s) and head.startswith(s) and (len(head) == len(s) or not head[len(s)].isalnum())
+
+
+def chunk_subjects(g: nx.MultiDiGraph, docs: Mapping[str, DocRecord], chunks: Mapping[str, ChunkRecord],
+                   aliases: AliasTable) -> dict[str, set[str]]:
+    """Chunk id -> the entities its document is about: those its title names (a title is provenance
+    metadata, like an encyclopedia's article name) or, for a document whose title names none (or that
+    has no title), the entity its text opens with ("Mark Bowden (born 1951) is an American writer"):
+    a mention of the first sentence that starts the text, a leading article aside. Every chunk of a
+    document shares its subjects. O(mentions)."""
+    out: dict[str, set[str]] = {}
+    for rec in docs.values():
+        mentions = rec.extraction.mentions
+        keys = {aliases.resolve(m.key) for m in mentions if m.in_title}
+        first = chunks.get(rec.chunk_ids[0]) if rec.chunk_ids else None
+        if not keys and first is not None:
+            head = _lead(first.text)
+            lead = next((m for m in mentions if m.chunk_id == first.chunk_id and m.start == 0 and not m.in_title
+                         and m.label != TITLE_LABEL and _opens_with(head, m.surface)), None)
+            if lead is not None:
+                keys = {aliases.resolve(lead.key)}
+        keys = {k for k in keys if k in g}
+        if keys:
+            for c in rec.chunk_ids:
+                out[c] = keys
+    return out
+
+
 def k_shortest_paths(h: nx.Graph, source: str, target: str, k: int, max_length: int) -> tuple[list[list[str]], bool]:
     """Up to ``k`` shortest simple paths (fewest hops, ties by total weight preference through
     networkx's Yen implementation) of at most ``max_length`` edges. Returns (paths, capped) where
@@ -200,8 +241,10 @@ def personalized_pagerank(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, 
 @dataclass
 class BipartiteIndex:
     """The entity-chunk graph of HippoRAG as arrays: entity nodes ``0..E-1``, chunk nodes after them;
-    an edge between an entity and every chunk that mentions it, and between related entities
-    (weight = supporting sentences). Build once per graph version. O(V + E + mentions)."""
+    an edge between an entity and every chunk that mentions it (weight 1, or ``subject_weight`` when
+    the entity is the chunk's subject: the walk from "Mark Bowden" goes mostly to the passage *about*
+    Mark Bowden, not to every passage naming him), and between related entities (weight
+    ``log(1 + supporting sentences)``). Build once per graph version. O(V + E + mentions)."""
 
     entities: list[str]
     chunks: list[str]
@@ -211,24 +254,39 @@ class BipartiteIndex:
     dst: np.ndarray
     weight: np.ndarray
     chunk_count: np.ndarray  # per entity: chunks mentioning it
+    chunk_entities: dict[str, list[str]] = field(default_factory=dict)  # chunk -> entities it mentions
 
     @classmethod
-    def build(cls, g: nx.MultiDiGraph, h: nx.Graph, chunk_ids: Iterable[str], *, entity_edge_scale: float = 1.0
+    def build(cls, g: nx.MultiDiGraph, h: nx.Graph, chunk_ids: Iterable[str], *, entity_edge_scale: float = 1.0,
+              subjects: Mapping[str, Iterable[str]] | None = None, subject_weight: float = SUBJECT_WEIGHT
               ) -> BipartiteIndex:
+        """``subjects``: chunk id -> the entity keys it is about (default: read from the graph, the
+        entities the document's title names; see :func:`chunk_subjects` for title-less documents)."""
         entities = sorted(g.nodes)
         chunks = sorted(chunk_ids)
         erow = {k: i for i, k in enumerate(entities)}
         crow = {c: len(entities) + i for i, c in enumerate(chunks)}
+        about: dict[str, set[str]] = defaultdict(set)
+        if subjects is not None:
+            for c, keys in subjects.items():
+                about[c].update(keys)
         src, dst, w = [], [], []
         count = np.zeros(len(entities))
+        mentioned: dict[str, list[str]] = defaultdict(list)
         for key in entities:
-            cs = entity_chunks(g, key)
+            cs: dict[str, bool] = {}
+            for d in g.nodes[key]["docs"].values():
+                for ev in d["ev"]:
+                    title = bool(ev[3]) if subjects is None and len(ev) > 3 else False
+                    cs[ev[0]] = cs.get(ev[0], False) or title or key in about.get(ev[0], ())
             count[erow[key]] = len(cs)
-            for c in cs:
+            for c, is_subject in sorted(cs.items()):
                 if c in crow:
+                    x = subject_weight if is_subject else 1.0
                     src += [erow[key], crow[c]]
                     dst += [crow[c], erow[key]]
-                    w += [1.0, 1.0]
+                    w += [x, x]
+                    mentioned[c].append(key)
         if entity_edge_scale > 0:
             for u, v, data in h.edges(data=True):
                 x = entity_edge_scale * math.log1p(data["weight"])
@@ -236,11 +294,21 @@ class BipartiteIndex:
                 dst += [erow[v], erow[u]]
                 w += [x, x]
         return cls(entities, chunks, erow, crow, np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
-                   np.asarray(w, dtype=np.float64), count)
+                   np.asarray(w, dtype=np.float64), count, dict(mentioned))
 
     @property
     def size(self) -> int:
         return len(self.entities) + len(self.chunks)
+
+    def hop_seeds(self, hop_chunks: Mapping[str, float]) -> dict[str, float]:
+        """Entity seeds of a second hop: every entity a chunk of ``hop_chunks`` (chunk id -> weight)
+        mentions, with the summed weight of the chunks naming it. O(their mentions)."""
+        out: dict[str, float] = defaultdict(float)
+        for c, s in hop_chunks.items():
+            if s > 0:
+                for key in self.chunk_entities.get(c, ()):
+                    out[key] += s
+        return dict(out)
 
     def chunk_scores(self, entity_seeds: Mapping[str, float], chunk_seeds: Mapping[str, float] | None = None, *,
                      damping: float = 0.5) -> list[tuple[str, float]]:

@@ -1,5 +1,16 @@
 """What every guardrag MCP server shares: tool annotations, common argument types, running an engine call
-off the event loop with errors mapped to MCP errors, and the stdio / streamable-HTTP entry point."""
+off the event loop with errors mapped to MCP errors, telemetry of every tool call, and the stdio /
+streamable-HTTP entry point.
+
+Telemetry: :func:`instrument` (done by :func:`serve_main` for every server) records each ``tools/call`` in
+:data:`core.telemetry.REGISTRY` (latency histogram, calls and errors by outcome, in-flight gauge) and opens an
+OpenTelemetry span ``mcp.tool/<name>``. The span nests under the SDK's own ``tools/call <name>`` server span,
+which takes its parent from the W3C ``traceparent`` / ``tracestate`` in the request's ``_meta``. Spans go
+nowhere unless an exporter is configured (``OTEL_TRACES_EXPORTER`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, see
+:func:`core.telemetry.configure_tracing`). With ``--http`` the Prometheus text format is served at
+``GET /metrics`` next to ``/mcp`` (same Host/Origin checks as ``/mcp`` on loopback); over stdio there is no
+``/metrics`` endpoint (metrics live in the server process only).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +18,35 @@ import argparse
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.transport_security import (
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import Response
 
+from core import telemetry
 from core.errors import GuardragError
 from core.settings import Settings, get_settings
 
-__all__ = ["DELETE", "READ_ONLY", "WRITE", "Collection", "Cursor", "call_engine", "read_resource", "serve_main", "tool_result"]
+__all__ = ["DELETE", "READ_ONLY", "WRITE", "Collection", "Cursor", "ToolTelemetry", "add_metrics_route", "call_engine",
+           "instrument", "read_resource", "serve_main", "tool_result"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+UNKNOWN_TOOL = "(unknown)"
+"""The tool label of a call to a name the server does not have (keeps the label set bounded)."""
 
 T = TypeVar("T")
 
@@ -54,10 +81,98 @@ def tool_result(result: BaseModel, text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=result.model_dump(mode="json"))
 
 
+class ToolTelemetry:
+    """Server middleware (``ServerMiddleware``) that times every ``tools/call``: records it in
+    :data:`core.telemetry.REGISTRY` and wraps it in an OpenTelemetry span ``mcp.tool/<name>``.
+
+    An outcome is ``error`` when the call returns an error result (``isError``: bad arguments, an unknown
+    tool, an engine that rejected the input: kind ``tool``), raises (a JSON-RPC error such as malformed
+    params: kind ``protocol``) or is cancelled (kind ``cancelled``). A name the server has no tool for is
+    labelled ``(unknown)``. Other methods pass through untouched."""
+
+    def __init__(self, server: MCPServer) -> None:
+        self.server = server
+        self.server_name = server.name
+        self._tools: frozenset[str] = frozenset()
+
+    async def _label(self, name: Any) -> str:
+        if not isinstance(name, str):
+            return UNKNOWN_TOOL
+        if name not in self._tools:  # tools may be added after instrumenting: look again
+            self._tools = frozenset(t.name for t in await self.server.list_tools())
+        return name if name in self._tools else UNKNOWN_TOOL
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        tool = await self._label(ctx.params.get("name") if ctx.params else None)
+        # The SDK's OpenTelemetry middleware (outermost) already made the _meta trace context current;
+        # extract it ourselves only when that span is missing (middleware removed).
+        parent = None if trace.get_current_span().get_span_context().is_valid else telemetry.extract_context(ctx.meta)
+        attributes = {"mcp.server.name": self.server_name, "gen_ai.tool.name": tool,
+                      "gen_ai.operation.name": "execute_tool"}
+        start = time.perf_counter()
+        with telemetry.in_flight(self.server_name, tool), \
+                telemetry.tracer("guardrag.servers").start_as_current_span(
+                    f"mcp.tool/{tool}", kind=SpanKind.INTERNAL, context=parent, attributes=attributes,
+                    record_exception=False, set_status_on_exception=False) as span:
+            try:
+                result = await call_next(ctx)
+            except BaseException as exc:
+                failed = isinstance(exc, Exception)  # else a cancellation
+                telemetry.observe_tool(self.server_name, tool, time.perf_counter() - start, False,
+                                       error_kind="protocol" if failed else "cancelled")
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(StatusCode.ERROR, type(exc).__qualname__)
+                raise
+            match result:
+                case CallToolResult(is_error=True) | {"isError": True}:
+                    ok = False
+                    span.set_attribute("error.type", "tool_error")
+                    span.set_status(StatusCode.ERROR)
+                case _:
+                    ok = True
+            telemetry.observe_tool(self.server_name, tool, time.perf_counter() - start, ok)
+            return result
+
+
+def instrument(server: MCPServer) -> MCPServer:
+    """Record every tool call of ``server`` (metrics and spans); idempotent. Returns the server."""
+    if not any(isinstance(m, ToolTelemetry) for m in server.middleware):
+        server.middleware.append(ToolTelemetry(server))
+    return server
+
+
+def _loopback_security() -> TransportSecuritySettings:
+    """The DNS-rebinding protection the SDK applies to ``/mcp`` when bound to loopback."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+def add_metrics_route(server: MCPServer, host: str = "127.0.0.1", path: str = "/metrics") -> None:
+    """Serve :func:`core.telemetry.render_metrics` at ``GET path`` of the server's HTTP app. On a loopback
+    host the Host and Origin headers are checked as the SDK checks them for ``/mcp`` (a web page cannot
+    read the metrics through DNS rebinding)."""
+    security = TransportSecurityMiddleware(_loopback_security() if host in LOOPBACK else None)
+
+    async def metrics(request: Request) -> Response:
+        refused = await security.validate_request(request)
+        if refused is not None:
+            return refused
+        body = await anyio.to_thread.run_sync(telemetry.render_metrics)
+        return Response(body, media_type=telemetry.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+    server.custom_route(path, methods=["GET"], name="metrics", include_in_schema=False)(metrics)
+
+
 def serve_main(build_server: Callable[[Settings], MCPServer], *, prog: str, description: str, port: int,
                argv: list[str] | None = None) -> None:
     """Entry point of a server module: ``python -m servers.X.server [--http] [--host H] [--port N]``.
-    Serves stdio by default, streamable HTTP on loopback with ``--http``; logs go to stderr."""
+    Serves stdio by default, streamable HTTP on loopback with ``--http`` (MCP at ``/mcp``, Prometheus
+    metrics at ``/metrics``); logs go to stderr; spans are exported only when OpenTelemetry is configured."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
     parser.add_argument("--host", default="127.0.0.1")
@@ -65,8 +180,10 @@ def serve_main(build_server: Callable[[Settings], MCPServer], *, prog: str, desc
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(stream=sys.stderr, level=settings.log_level.upper())
-    server = build_server(settings)
+    server = instrument(build_server(settings))
+    telemetry.configure_tracing(server.name)
     if args.http:
+        add_metrics_route(server, args.host)
         server.run("streamable-http", host=args.host, port=args.port)
     else:
         server.run("stdio")

@@ -24,7 +24,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 from core.llm import ChatBackend, Completion, LLMError, backends_from_settings
 from core.settings import Settings, get_settings
 from servers.judge.evidence import (
+    NEGATIONS,
     ClaimEvidence,
     Evidence,
     content_stems,
@@ -58,7 +60,8 @@ from servers.judge.schemas import (
     SafetyResult,
 )
 
-__all__ = ["JudgeEngine", "MAX_ANSWER_CHARS", "MAX_CONTEXT_CHARS", "MAX_CONTEXTS", "MAX_SENTENCES", "claim_support",
+__all__ = ["EMBED_ALL_UPTO", "MAX_ANSWER_CHARS", "MAX_CONTEXTS", "MAX_CONTEXT_CHARS", "MAX_SENTENCES", "PENALTIES",
+           "PREFILTER_K", "VECTOR_CACHE", "JudgeEngine", "VectorCache", "claim_features", "claim_support",
            "hard_contradiction"]
 
 log = logging.getLogger("guardrag.judge")
@@ -72,6 +75,13 @@ MAX_CONTEXTS = 50
 MAX_SENTENCES = 600
 """Context sentences compared with the claims (in context order): bounds the embedding work of one call."""
 OFFLINE = "offline-evidence"
+VECTOR_CACHE = 4096
+"""Sentence vectors kept between calls (about 1.5 KiB each)."""
+PREFILTER_K = 3
+"""Context sentences embedded per claim: the best ``PREFILTER_K`` by lexical overlap (see ``Evidence.candidates``)."""
+EMBED_ALL_UPTO = 8
+"""Contexts of at most this many sentences are embedded whole (no prefilter: a paraphrase sharing no word with
+its sentence still finds it)."""
 
 _REFUSAL = re.compile(r"\b(?:i (?:do not|don'?t|cannot|can'?t) (?:know|answer|help|say|find)|no (?:information|answer)"
                       r"|not (?:enough|sufficient) (?:information|context)|unable to (?:answer|find|determine)"
@@ -114,26 +124,58 @@ def verbatim(claim: str, folded_contexts: Sequence[str]) -> bool:
     return len(folded.split()) >= 3 and any(folded in c for c in folded_contexts)
 
 
+PENALTIES = frozenset({"novel", "novel_ratio", "novel_generic", "number", "negation", "antonym", "repeat",
+                       "novel_entity"})
+"""Features that count against a claim (their weights are subtracted); the others count for it."""
+
+
+def claim_features(ev: ClaimEvidence) -> dict[str, float]:
+    """The features of one claim that the rubric's ``[offline]`` weights apply to, each in [0, 1]."""
+    return {
+        "cosine": ev.cosine, "support": ev.support, "best_cover": ev.best_cover, "pair_cover": ev.pair_cover,
+        "ordered_pair_cover": ev.ordered_pair_cover, "bigram_cover": ev.bigram_cover,
+        "novel": min(len(ev.novel), 3) / 3, "novel_ratio": ev.novel_ratio,
+        "novel_generic": min(len(ev.novel_generic), 3) / 3, "number": float(bool(ev.bad_numbers)),
+        "negation": float(ev.negation_mismatch), "antonym": float(bool(ev.antonyms)),
+        "repeat": float(ev.repeated_entity), "novel_entity": float(bool(ev.novel_entities)),
+    }
+
+
 def claim_support(ev: ClaimEvidence, w: dict[str, float]) -> float:
-    """The offline evidence score of one claim under weights ``w`` (the rubric's ``[offline]`` table).
+    """The offline evidence score of one claim under weights ``w`` (the rubric's ``[offline]`` table): the weighted
+    sum of :func:`claim_features`, penalties subtracted.
 
     Larger is better supported; the claim is supported when this reaches ``w['claim_threshold']``."""
-    s = (w.get("cosine", 0.0) * ev.cosine
-         + w.get("support", 0.0) * ev.support
-         + w.get("best_cover", 0.0) * ev.best_cover
-         + w.get("pair_cover", 0.0) * ev.pair_cover
-         - w.get("novel", 0.0) * min(len(ev.novel), 3) / 3
-         - w.get("number", 0.0) * bool(ev.bad_numbers)
-         - w.get("negation", 0.0) * ev.negation_mismatch
-         - w.get("antonym", 0.0) * bool(ev.antonyms)
-         - w.get("repeat", 0.0) * ev.repeated_entity)
+    s = sum((-1.0 if name in PENALTIES else 1.0) * float(w.get(name, 0.0)) * value
+            for name, value in claim_features(ev).items())
     return s if math.isfinite(s) else -1e9
 
 
 def hard_contradiction(ev: ClaimEvidence, context_numbers: set[str] | frozenset[str] = frozenset()) -> bool:
-    """A claim that uses the opposite word of its best sentence ("last" for "first"), or states a number or date
-    that no context gives while the contexts do give numbers, is contradicted whatever its other evidence."""
-    return bool(ev.antonyms) or bool(ev.bad_numbers and (context_numbers or numbers(ev.sentence or "")))
+    """A claim that uses the opposite word of its best sentence ("last" for "first"), states a number or date
+    that no context gives while the contexts do give numbers, or negates a sentence that holds every one of its
+    terms ("keys never expire" against "keys expire after 90 days") is contradicted whatever its other evidence."""
+    return (bool(ev.antonyms) or bool(ev.bad_numbers and (context_numbers or numbers(ev.sentence or "")))
+            or _negation_flip(ev))
+
+
+# "without downtime" qualifies, it does not negate the statement; "won" and "don" are also words ("he won",
+# "Don"): the "t" of "won't" / "don't" marks those negations.
+_PREDICATE_NEGATIONS = NEGATIONS - {"without", "won", "don"}
+_PERSONAL = frozenset("i me my mine we us our you your".split())
+
+
+def _negates(text: str) -> bool:
+    return any(w in _PREDICATE_NEGATIONS for w in tokens(text))
+
+
+def _negation_flip(ev: ClaimEvidence) -> bool:
+    """The claim negates a sentence that holds all its terms and no negation ("keys never expire" against "keys
+    expire after 90 days"). Only this direction: a long evidence sentence often carries a negation elsewhere
+    ("not necessarily", "no need") that the claim rightly leaves out. Statements about the speakers ("I don't
+    know if they ...") are left to the weighted cues: their negation is about the speaker, not the fact."""
+    return (ev.negation_mismatch and ev.best_cover >= 0.999 and not set(tokens(ev.claim)) & _PERSONAL
+            and _negates(ev.claim) and not _negates(ev.sentence or ""))
 
 
 def _cues(ev: ClaimEvidence) -> list[str]:
@@ -155,16 +197,66 @@ def _cues(ev: ClaimEvidence) -> list[str]:
     return cues
 
 
+class VectorCache:
+    """A thread-safe LRU of sentence vectors keyed by the exact text (``capacity`` 0 turns it off).
+
+    ``hits`` and ``misses`` count texts looked up since creation."""
+
+    def __init__(self, capacity: int = VECTOR_CACHE) -> None:
+        self.capacity = max(0, int(capacity))
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def get(self, texts: Sequence[str], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Vectors of ``texts`` (one row each); the missing ones come from one call of ``embed``."""
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for t in texts:
+                v = self._data.get(t)
+                if v is not None:
+                    self._data.move_to_end(t)
+                    found[t] = v
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        with self._lock:
+            self.hits += len(texts) - sum(t not in found for t in texts)
+            self.misses += sum(t not in found for t in texts)
+        if missing:
+            vecs = embed(missing)
+            with self._lock:
+                for t, v in zip(missing, vecs):
+                    found[t] = v
+                    if self.capacity:
+                        self._data[t] = v
+                        self._data.move_to_end(t)
+                while len(self._data) > self.capacity:
+                    self._data.popitem(last=False)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+
 class JudgeEngine:
     """Judging logic behind the MCP tools (thread-safe; one embedder shared by all calls)."""
 
     def __init__(self, settings: Settings | None = None, *, embedder: Any = None,
-                 backends: Sequence[ChatBackend] | None = None, rubric_dir: Path | None = None) -> None:
+                 backends: Sequence[ChatBackend] | None = None, rubric_dir: Path | None = None,
+                 vector_cache: int = VECTOR_CACHE) -> None:
         self.settings = settings or get_settings()
         self._embedder = embedder
         self.backends: list[ChatBackend] = (list(backends) if backends is not None
                                             else list(backends_from_settings(self.settings.llm)))
         self.rubric_dir = rubric_dir
+        self.prefilter_k = PREFILTER_K
+        self.embed_all_upto = EMBED_ALL_UPTO
+        self.vectors = VectorCache(vector_cache)
+        """Sentence vectors by text, shared by every call (``judge_all`` embeds a context sentence once)."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -211,8 +303,13 @@ class JudgeEngine:
         return None, failures
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of ``texts``, one row each: those in the cache are reused, the others are embedded in one
+        batch (each distinct text once) and cached."""
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
+        return self.vectors.get(texts, self._embed_new)
+
+    def _embed_new(self, texts: list[str]) -> np.ndarray:
         vecs = np.asarray(self.embedder.embed(texts), dtype=np.float32)
         return np.nan_to_num(vecs, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -237,9 +334,17 @@ class JudgeEngine:
         evidence = Evidence(contexts, extra=question or "", max_sentences=MAX_SENTENCES)
         if not claims.checkable:
             return [], claims.skipped
-        vecs = self._embed(claims.checkable + evidence.sentences)
+        n_sent = len(evidence.sentences)
+        if n_sent <= self.embed_all_upto:
+            rows = [list(range(n_sent))] * len(claims.checkable)
+        else:  # embed only the sentences that share content stems or numbers with some claim
+            rows = evidence.candidates(claims.checkable, k=self.prefilter_k)
+        wanted = sorted(set().union(*map(set, rows)))
+        vecs = self._embed(claims.checkable + [evidence.sentences[j] for j in wanted])
         n = len(claims.checkable)
-        return evidence.assess(claims.checkable, vecs[:n], vecs[n:]), claims.skipped
+        sentence_vecs = np.zeros((n_sent, vecs.shape[1]), dtype=np.float32)
+        sentence_vecs[wanted] = vecs[n:]
+        return evidence.assess(claims.checkable, vecs[:n], sentence_vecs, rows), claims.skipped
 
     def judge_faithfulness(self, answer: str, contexts: Sequence[str], question: str | None = None) -> FaithfulnessResult:
         """Is every claim of ``answer`` supported by ``contexts``? Score = supported share of the claims."""

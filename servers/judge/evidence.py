@@ -18,11 +18,14 @@ Everything is O(claims x context sentences) plus one embedding batch.
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 
@@ -37,7 +40,7 @@ her hers they them their theirs what which who whom whose when where why how all
 some such only own same than too very s t can will just should now also would could may might must shall about into
 through during before after above below up down out off over under again further once because while until yes yeah
 oh well like really actually know think sure one im ive dont thats lot much many get got go going make made say said
-thing things something anything re ll ve d m o y let lets us ok okay hmm um uh
+thing things something anything re ll ve d m o y let lets us ok okay hmm um uh st nd rd th
 """.split())
 
 #: discourse and generic words: neither evidence of support nor of a hallucination
@@ -64,18 +67,28 @@ _ANTONYMS = [("larg", "small"), ("largest", "smallest"), ("big", "small"), ("big
              ("longest", "shortest"), ("heavi", "light"), ("fast", "slow"), ("fastest", "slowest"),
              ("warm", "cold"), ("hot", "cold"), ("true", "fals"), ("success", "failur"), ("start", "end"),
              ("begin", "end"), ("entir", "partial"), ("legal", "illeg"), ("public", "privat")]
+_PRONOUN_START = re.compile(r"^\W*(?:he|she|it|they|his|her|its|their|this|these|the (?:company|band|city|group|film|team))\b", re.I)
+_NEG_PREFIXES = ("un", "non")  # "unregulated"; not "in"/"dis": "inform" is no opposite of "form"
 ANTONYMS: dict[str, frozenset[str]] = {}
 for _a, _b in _ANTONYMS:
     ANTONYMS[_a] = ANTONYMS.get(_a, frozenset()) | {_b}
     ANTONYMS[_b] = ANTONYMS.get(_b, frozenset()) | {_a}
 
-_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+# "one" is left out: "one of the", "no one", "the one" are not numbers
+_NUMBER_WORDS = {"two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
                  "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "twenty": "20",
                  "hundred": "100", "thousand": "1000", "first": "1", "second": "2", "third": "3", "fourth": "4",
-                 "fifth": "5", "sixth": "6", "seventh": "7", "eighth": "8", "ninth": "9", "tenth": "10"}
+                 "fifth": "5", "sixth": "6", "seventh": "7", "eighth": "8", "ninth": "9", "tenth": "10",
+                 "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+                 "eighteen": "18", "nineteen": "19", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
+                 "seventy": "70", "eighty": "80", "ninety": "90", "eleventh": "11", "twelfth": "12",
+                 "thirteenth": "13", "fourteenth": "14", "fifteenth": "15", "sixteenth": "16", "seventeenth": "17",
+                 "eighteenth": "18", "nineteenth": "19", "twentieth": "20", "twenty-first": "21"}
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d{3})*(?:\.\d+)?")
+_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")  # "[1]", "[2, 3]": citation markers, not numbers
+_SPACED_NUMBER = re.compile(r"(?<=\d) ([.,]) (?=\d)")
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
 
@@ -92,9 +105,16 @@ def _stem(word: str) -> str:
     return _stemmer().stemWord(word)
 
 
+def _fold_accents(text: str) -> str:
+    """"Reykjavík" -> "Reykjavik" (model output often drops accents)."""
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def tokens(text: str) -> list[str]:
-    """Lower-cased word and number tokens."""
-    return [t.lower() for t in _TOKEN.findall(text)]
+    """Lower-cased word and number tokens (accents folded)."""
+    return [t.lower() for t in _TOKEN.findall(_fold_accents(text))]
 
 
 def content_stems(text: str, *, generic: bool = False) -> list[str]:
@@ -112,7 +132,7 @@ def content_stems(text: str, *, generic: bool = False) -> list[str]:
 
 def numbers(text: str) -> set[str]:
     """Numbers in ``text``, normalised (``1,000`` -> ``1000``, ``4th`` -> ``4``, ``four`` -> ``4``)."""
-    text = _ORDINAL.sub(r"\1", text)
+    text = _SPACED_NUMBER.sub(r"\1", _ORDINAL.sub(r"\1", _CITATION.sub(" ", text)))  # "23 , 768" -> "23,768"; "5 . 7" -> "5.7"
     out = set()
     for m in _NUMBER.findall(text):
         v = m.replace(",", "")
@@ -125,6 +145,12 @@ def numbers(text: str) -> set[str]:
     return out
 
 
+@lru_cache(maxsize=16384)
+def _analyse(sentence: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A context sentence's content stems (generic words included, in order) and numbers, cached by text."""
+    return tuple(content_stems(sentence, generic=True)), frozenset(numbers(sentence))
+
+
 # ---------------------------------------------------------------------------------------------- splitting
 
 # A sentence ends after . ! ? and a space; or after . ! ? glued to a capitalised word ("year.Scientific
@@ -134,15 +160,30 @@ _SENT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[A-Z0-9])|(?<=[a-z0-9)\"][.!
 _ANSWER_SENT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z0-9)\"][.!?])(?=[A-Z][a-z])|\n+")
 _ABBREV = re.compile(r"(?:\b(?:[A-Za-z]|Mr|Mrs|Ms|Dr|St|Jr|Sr|No|vs|etc|e\.g|i\.e|U\.S|Inc|Ltd|Co))\.$")
 _CLAUSE = re.compile(
-    r"\s*(?:,\s*(?:but|and|while|whereas|although|though|so|yet)\s+|;\s*|\s+but\s+|,?\s*\bwhich\s+"
+    r"\s*(?:,\s*(?:but|and|while|whereas|although|though|so|yet)\s+|;\s*|\s+but\s+|,?\s*\bwhich\s+|,?\s+because\s+"
     r"|\s+and\s+(?=(?:i|he|she|it|they|we|you|the|this|that|there|its|his|her|their)\b))",
     re.I,
 )
+_APOS = r"\s?'?\s?"  # model output is often tokenised: "i ' m", "didn ' t", "it ' s"
+# interjections and reactions in front of a statement ("yes ,", "that ' s cool !"): not claims
+_INTERJECTION = re.compile(
+    r"^(?:(?:(?:yes|yeah|yep|oh|wow|ok|okay|exactly|indeed|haha|lol|hmm|me too|i agree|i see|agreed)\b\s*[,.!]?"
+    r"|(?:well|sure|true|really|right|definitely|absolutely|totally)\s*[,.!]"
+    rf"|that{_APOS}s\s(?:so\s|very\s|really\s)?(?:true|right|cool|interesting|great|awesome|funny|amazing|neat|"
+    r"good to (?:know|hear)|crazy|wild|sad|nice)\b\s*[,.!]?)\s*)+",
+    re.I,
+)
+# framings that report a fact as heard, known or believed ("i do know that X", "i ' ve heard that X",
+# "i didn ' t realize X", "i like that X"): X is the claim
 _HEDGE = re.compile(
-    r"^(?:(?:yes|yeah|no|well|oh|wow|ok|okay|sure|exactly|indeed|true|really|me too|i agree|haha|lol|"
-    r"that\s?'?\s?s\s(?:true|right|cool|interesting|great|awesome|funny|amazing))\s*[,.!]?\s*)*"
-    r"(?:(?:i|we)\s(?:do\s|also\s|actually\s|did\s)?(?:know|think|believe|heard|read|learned|guess)\s(?:that\s)?"
-    r"|did you know\s(?:that\s)?|do you know\s(?:that\s)?|i\s?'?\s?m not sure(?: about that)?\s?,?\s?but\s)",
+    r"^(?:(?:i|we)\s(?:do\s|also\s|actually\s|did\s|really\s|just\s)?(?:know|think|believe|heard|read|learned|guess"
+    r"|remember|understand|bet)\s(?:that\s)?"
+    rf"|(?:i|we)(?:{_APOS}ve|\shave)\s(?:also\s|actually\s|always\s)?(?:heard|read|learned|seen)\s(?!of\b|about\b)(?:that\s)?"
+    rf"|(?:i|we)\s(?:didn{_APOS}t|did\sn{_APOS}t|did not|never)\s(?:know|realize|realise|think)\s(?:that\s)?"
+    rf"|(?:i|we)\s(?:can{_APOS}t|cannot|can not|could ?n{_APOS}t)\sbelieve\s(?:that\s)?"
+    r"|(?:i|we)\s(?:like|love|enjoy)\s(?:that|how)\s"
+    r"|did you know\s(?:that\s)?|do you know\s(?:that\s)?"
+    rf"|i{_APOS}m not sure(?: about that)?\s?,?\s?but\s)",
     re.I,
 )
 _PERSONAL = re.compile(r"^(?:i|i\s?'\s?(?:m|ve|d|ll)|you|you\s?'\s?(?:re|ve)|we|me|my|your|our)\b", re.I)
@@ -184,8 +225,9 @@ def split_claims(answer: str, *, max_claims: int = 64) -> Claims:
             clause = (clause or "").strip(" ,;:-")
             if not clause:
                 continue
-            stripped = _HEDGE.sub("", clause).strip(" ,;:-")
-            if not stripped or _PERSONAL.match(stripped) or not content_stems(stripped):
+            stripped = _INTERJECTION.sub("", clause).strip(" ,;:-")
+            stripped = _HEDGE.sub("", stripped).strip(" ,;:-")
+            if not stripped or _PERSONAL.match(stripped) or not (content_stems(stripped) or numbers(stripped)):
                 out.skipped.append(clause)
             elif len(out.checkable) < max_claims:
                 out.checkable.append(stripped)
@@ -214,6 +256,9 @@ class ClaimEvidence:
     negation_mismatch: bool = False
     antonyms: list[str] = field(default_factory=list)        # "poorer/better" pairs against the best sentence
     repeated_entity: bool = False                            # "Denmark is the capital of Denmark"
+    novel_generic: list[str] = field(default_factory=list)   # generic words ("popular", "originally") found nowhere
+    ordered_pair_cover: float = 1.0  # share of adjacent known-word pairs found in that order in a context sentence
+    bigram_cover: float = 1.0        # share of the claim's word bigrams (function words kept) found in a context
     n_terms: int = 0
 
     @property
@@ -234,19 +279,53 @@ class Evidence:
                 self.sentences.append(s)
                 self.owner.append(i)
         joined = "\n".join(contexts)
-        self.stems = set(content_stems(joined, generic=True))
+        analysed = [_analyse(s) for s in self.sentences]
+        self.sentence_stems = [set(seq) for seq, _ in analysed]
+        self.sentence_numbers = [set(nums) for _, nums in analysed]
+        capped = len(self.sentences) >= max_sentences
+        # every word of the contexts is in some sentence unless the sentence cap cut them
+        self.stems = set(content_stems(joined, generic=True)) if capped else set().union(*self.sentence_stems)
         self.given = set(content_stems(extra, generic=True)) - self.stems  # the question: neither support nor novel
         self.numbers = numbers(joined)
-        self.proper = {w.lower() for w in _PROPER.findall(joined)}
-        self.sentence_stems = [set(content_stems(s, generic=True)) for s in self.sentences]
+        self.proper = {w.lower() for w in _PROPER.findall(joined)} - STOPWORDS
         self.pairs: set[tuple[str, str]] = set()
-        for s in self.sentences:
-            seq = content_stems(s, generic=True)
+        self.ordered_pairs: set[tuple[str, str]] = set()
+        for seq, _ in analysed:
             for a in range(len(seq)):
                 for b in range(a + 1, min(len(seq), a + 1 + window)):
+                    self.ordered_pairs.add((seq[a], seq[b]))
                     self.pairs.add((seq[a], seq[b]))
                     self.pairs.add((seq[b], seq[a]))
+        self.bigrams: set[tuple[str, str]] = set()
+        for sent in self.sentences:
+            words = tokens(sent)
+            self.bigrams.update(pairwise(words))
+        self.given_words = set(tokens(extra))
         self._prefixes = sorted(self.stems)
+        df = Counter(w for stems in self.sentence_stems for w in stems)
+        n = max(1, len(self.sentences))
+        self.idf = {w: math.log(1.0 + n / c) for w, c in df.items()}
+
+    def candidates(self, claims: Sequence[str], *, k: int = 3, ratio: float = 0.5) -> list[list[int]]:
+        """For each claim, the context sentences worth embedding (a lexical prefilter, BM25-like).
+
+        A sentence scores the IDF weights of the content stems (so lemmas: "employs" meets "employment") and the
+        numbers it shares with the claim. Each claim keeps its best ``k`` sentences with a score of at least
+        ``ratio`` times its best; a claim that shares nothing with any sentence keeps none. O(claims x sentences)."""
+        out = []
+        for claim in claims:
+            stems = set(content_stems(claim, generic=True))
+            nums = numbers(claim)
+            scored = []
+            for j, sent_stems in enumerate(self.sentence_stems):
+                score = sum(self.idf.get(w, 0.0) for w in stems & sent_stems)
+                score += sum(1.0 for x in nums & self.sentence_numbers[j])
+                if score > 0:
+                    scored.append((score, j))
+            scored.sort(key=lambda t: (-t[0], t[1]))
+            keep = [j for score, j in scored[:k] if score >= ratio * scored[0][0]] if scored else []
+            out.append(keep)
+        return out
 
     def known(self, stem: str) -> bool:
         """A stem found in the evidence, or a prefix of one ("beet" / "beetroot")."""
@@ -259,37 +338,62 @@ class Evidence:
         i = bisect.bisect_left(self._prefixes, stem)
         return i < len(self._prefixes) and self._prefixes[i].startswith(stem)
 
-    def assess(self, claims: Sequence[str], claim_vecs: np.ndarray, sentence_vecs: np.ndarray) -> list[ClaimEvidence]:
-        """Evidence for each claim (``claim_vecs`` and ``sentence_vecs`` are unit vectors, one row each)."""
-        sims = claim_vecs @ sentence_vecs.T if len(self.sentences) else np.zeros((len(claims), 0), np.float32)
+    def assess(self, claims: Sequence[str], claim_vecs: np.ndarray, sentence_vecs: np.ndarray,
+               rows: Sequence[Sequence[int]] | None = None) -> list[ClaimEvidence]:
+        """Evidence for each claim (``claim_vecs`` and ``sentence_vecs`` are unit vectors, one row each).
+
+        ``rows``: for each claim, the sentences it is compared with (as :meth:`candidates` gives them), with
+        ``sentence_vecs`` then indexed by sentence number (rows of sentences never compared may be anything);
+        default: every sentence."""
+        n_sent = len(self.sentences)
+        sims = claim_vecs @ sentence_vecs.T if n_sent and len(sentence_vecs) else np.zeros((len(claims), 0), np.float32)
         out = []
         for i, claim in enumerate(claims):
-            if sims.shape[1]:
-                j = int(np.argmax(sims[i]))
+            allowed = list(range(sims.shape[1])) if rows is None else [j for j in rows[i] if j < sims.shape[1]]
+            if allowed:
+                j = max(allowed, key=lambda r: (float(sims[i, r]), -r))
                 cos = float(sims[i, j])
                 ev = ClaimEvidence(claim, self.owner[j], self.sentences[j], cos if np.isfinite(cos) else 0.0)
                 best_text = self.sentences[j]
                 # the best sentence with its neighbours in the same context: "She was born in 1867" after
                 # "Marie Curie was a physicist" covers "Marie Curie was born in 1867"
-                best_stems = set().union(*(self.sentence_stems[k] for k in (j - 1, j, j + 1)
-                                           if 0 <= k < len(self.sentences) and self.owner[k] == self.owner[j]))
+                window = [k for k in (j - 1, j, j + 1) if 0 <= k < len(self.sentences) and self.owner[k] == self.owner[j]]
+                best_stems = set().union(*(self.sentence_stems[k] for k in window))
+                best_numbers = set().union(*(self.sentence_numbers[k] for k in window))
             else:
                 ev = ClaimEvidence(claim, None, None, 0.0)
-                best_stems, best_text = set(), ""
+                best_stems, best_numbers, best_text, window = set(), set(), "", []
             words = tokens(claim)
             terms = content_stems(claim)
+            claim_numbers = numbers(claim)
             ev.n_terms = len(terms)
-            if terms:
+            if terms or claim_numbers:  # numbers count as terms: "1945" alone is a claim about a date
+                n = len(terms) + len(claim_numbers)
                 ev.novel = [w for w in terms if not self.known(w) and w not in self.given]
-                ev.support = sum(self.known(w) for w in terms) / len(terms)
-                ev.best_cover = sum(w in best_stems for w in terms) / len(terms)
+                ev.support = (sum(self.known(w) for w in terms) + len(claim_numbers & self.numbers)) / n
+                ev.best_cover = (sum(w in best_stems for w in terms) + len(claim_numbers & best_numbers)) / n
             capitalised = {w.lower() for w in _PROPER.findall(claim)} | {w.lower() for w in re.findall(r"^[A-Z][a-z]{2,}", claim)}
             ev.novel_entities = sorted({w for w in capitalised if w not in STOPWORDS and not self.known(_stem(w))
                                         and _stem(w) not in self.given})
-            ev.bad_numbers = sorted(numbers(claim) - self.numbers)
-            seq = [w for w in content_stems(claim, generic=True) if w in self.stems]
+            ev.bad_numbers = sorted(claim_numbers - self.numbers)
+            all_terms = content_stems(claim, generic=True)
+            ev.novel_generic = [w for w in dict.fromkeys(all_terms) if w not in terms and not self.known(w)
+                                and w not in self.given]
+            seq = [w for w in all_terms if w in self.stems]
             pairs = [(a, b) for a, b in zip(seq, seq[1:]) if a != b]
-            ev.pair_cover = sum(p in self.pairs for p in pairs) / len(pairs) if pairs else 1.0
+            # a pair also counts across a sentence that opens with a pronoun and the one before it in the best window
+            # ("Marie Curie was a physicist. She was born in Warsaw." covers curie/born); words of two unrelated
+            # neighbouring sentences do not pair up
+            cross = set()
+            for k in window:
+                if k - 1 in window and _PRONOUN_START.match(self.sentences[k]):
+                    for a in self.sentence_stems[k - 1]:
+                        for b in self.sentence_stems[k]:
+                            cross.update(((a, b), (b, a)))
+            ev.pair_cover = sum(p in self.pairs or p in cross for p in pairs) / len(pairs) if pairs else 1.0
+            ev.ordered_pair_cover = sum(p in self.ordered_pairs for p in pairs) / len(pairs) if pairs else 1.0
+            bigrams = [b for b in pairwise(words) if b[0] not in self.given_words or b[1] not in self.given_words]
+            ev.bigram_cover = sum(b in self.bigrams for b in bigrams) / len(bigrams) if bigrams else 1.0
             best_words = tokens(best_text)
             ev.negation_mismatch = bool(best_text) and (any(w in NEGATIONS for w in words)
                                                         != any(w in NEGATIONS for w in best_words))
@@ -298,6 +402,13 @@ class Evidence:
                 for opposite in ANTONYMS.get(w, ()):
                     if opposite in best_stems and w not in best_stems:
                         ev.antonyms.append(f"{w}/{opposite}")
+                # negative prefixes: "regulated" where the best sentence says "unregulated", and the reverse
+                if len(w) >= 4 and w not in best_stems:
+                    for pre in _NEG_PREFIXES:
+                        if pre + w in best_stems:
+                            ev.antonyms.append(f"{w}/{pre}{w}")
+                        elif w.startswith(pre) and len(w) - len(pre) >= 4 and w[len(pre):] in best_stems:
+                            ev.antonyms.append(f"{w}/{w[len(pre):]}")
             counts = Counter(w for w in words if w in self.proper)
             ev.repeated_entity = any(n > 1 for n in counts.values())
             out.append(ev)

@@ -101,7 +101,8 @@ async def test_answer_with_citations(base, pool, store):
     assert res.judge is not None and not res.judge.skipped and res.judge.faithfulness is not None
     assert res.output_guard.status == "clean"
     names = [n for n, _, _ in steps_of(store, res.run_id)]
-    assert names[:3] == ["retrieve", "graph", "critique"] and names[-4:] == ["select", "answer", "guard", "judge"]
+    assert names[:3] == ["retrieve", "graph", "critique"] and names[-5:] == ["select", "answer", "guard", "judge",
+                                                                             "review"]
     assert all(st == "done" and att == 1 for _, st, att in steps_of(store, res.run_id))
     # The graph step ran or recorded why it was skipped.
     assert res.graph is not None and (res.graph.get("skipped") is False or res.graph.get("reason"))
@@ -271,9 +272,10 @@ async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp
     res = await Pipeline(base, store, pool=pool).resume(run_id)
     assert res.status == "done" and "second key" in res.answer.text
     steps = steps_of(store, run_id)
-    assert [n for n, _, _ in steps] == ["retrieve", "graph", "critique", "select", "answer", "guard", "judge"]
+    assert [n for n, _, _ in steps] == ["retrieve", "graph", "critique", "select", "answer", "guard", "judge",
+                                        "review"]
     assert {n: a for n, _, a in steps} == {"retrieve": 1, "graph": 1, "critique": 1, "select": 1, "answer": 2,
-                                                 "guard": 1, "judge": 1}
+                                           "guard": 1, "judge": 1, "review": 1}
 
     # The CLI sees the same store: the run is listed, its steps shown, and a finished run is not resumed.
     env_cli = {**env, "PYTHONPATH": str(ROOT)}
@@ -287,9 +289,12 @@ async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp
 
 
 def settings_with_model(base: Settings, url: str) -> Settings:
-    from core.settings import LLMSettings
+    """The fake model's paraphrase may score low on faithfulness, which holds it for approval: off here (the
+    approval flow has its own tests in test_controls.py)."""
+    from core.settings import ApprovalSettings, LLMSettings
 
-    return base.model_copy(update={"llm": LLMSettings(base_url=url, model="fake-model", retries=0, timeout=5)})
+    return base.model_copy(update={"llm": LLMSettings(base_url=url, model="fake-model", retries=0, timeout=5),
+                                   "approval": ApprovalSettings(enabled=False)})
 
 
 async def test_model_answer_path(base, pool, store):

@@ -215,3 +215,116 @@ def test_a_claim_quoted_word_for_word_from_a_context_is_supported(judge):
     assert result.verdict == "faithful" and result.score == 1.0
     changed = judge.judge_faithfulness("The gateway issues three live keys per account.", [context])
     assert changed.verdict == "unfaithful"
+
+
+# ------------------------------------------------------------------ sentence-vector cache and lexical prefilter
+
+
+class CountingEmbedder:
+    """Delegates to the real embedder and records every text it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.model_id, self.seen = inner, inner.model_id, []
+
+    def embed(self, texts):
+        self.seen.extend(texts)
+        return self.inner.embed(texts)
+
+
+def test_sentence_vectors_are_cached_across_calls_and_tools(judge):
+    counting = CountingEmbedder(judge.embedder)
+    engine = JudgeEngine(judge.settings, embedder=counting, backends=[])
+    first = engine.judge_faithfulness(" ".join(SUPPORTED), CONTEXTS, "Who was Marie Curie?")
+    embedded = len(counting.seen)
+    assert embedded and len(set(counting.seen)) == embedded  # one batch, each distinct text once
+    again = engine.judge_faithfulness(" ".join(SUPPORTED), CONTEXTS, "Who was Marie Curie?")
+    assert len(counting.seen) == embedded and again.claims == first.claims  # nothing embedded twice, same verdicts
+    assert engine.vectors.hits >= embedded
+    engine.judge_all("Who was Marie Curie?", " ".join(SUPPORTED), CONTEXTS)
+    assert len(counting.seen) == len(set(counting.seen))  # judge_all reuses the vectors the other calls made
+    engine.vectors.clear()
+    engine.judge_faithfulness(" ".join(SUPPORTED), CONTEXTS)
+    assert len(counting.seen) > len(set(counting.seen))  # an emptied cache embeds again
+    tiny = JudgeEngine(judge.settings, embedder=judge.embedder, backends=[], vector_cache=2)
+    tiny.judge_faithfulness(" ".join(SUPPORTED), CONTEXTS)
+    assert len(tiny.vectors) <= 2
+
+
+DISTRACTORS = ["The company was founded in Ohio in 1902.", "Its headquarters moved to Chicago later.",
+               "The logo shows a red company flag.", "Critics praised the design of the new store.",
+               "The river floods every spring.", "A museum opened next to the station.",
+               "Tickets are sold at the door.", "The mayor visited the company last year.",
+               "Rain is common in the autumn.", "The bridge was painted blue."]
+
+
+def test_prefilter_keeps_a_sentence_that_shares_only_stems_with_the_claim(judge):
+    from servers.judge.evidence import Evidence
+
+    support = "Employment at the plant reached several thousand."
+    contexts = [" ".join(DISTRACTORS[:5]), " ".join(DISTRACTORS[5:] + [support])]
+    claim = "The company employs thousands of workers."
+    evidence = Evidence(contexts)
+    assert len(evidence.sentences) > judge.embed_all_upto  # the prefilter applies
+    (rows,) = evidence.candidates([claim])
+    assert evidence.sentences.index(support) in rows  # employs/employment, thousands/thousand: no word in common
+    assert len(rows) <= judge.prefilter_k
+    r = judge.judge_faithfulness(claim + " The bridge was painted blue.", contexts)
+    assert r.claims[0].sentence == support and r.claims[1].sentence == "The bridge was painted blue."
+
+
+def test_prefilter_on_and_off_give_the_same_verdicts(judge):
+    answers = [" ".join(SUPPORTED), "Marie Curie was born in Warsaw in 1902.",
+               "She discovered uranium and helium in Berlin.", "She was the last woman to win a Nobel Prize."]
+    contexts = CONTEXTS + DISTRACTORS
+    on = JudgeEngine(judge.settings, embedder=judge.embedder, backends=[])
+    off = JudgeEngine(judge.settings, embedder=judge.embedder, backends=[])
+    on.embed_all_upto, off.embed_all_upto = 0, 10**6
+    for answer in answers:
+        a, b = on.judge_faithfulness(answer, contexts), off.judge_faithfulness(answer, contexts)
+        assert (a.verdict, [c.status for c in a.claims]) == (b.verdict, [c.status for c in b.claims])
+
+
+# ------------------------------------------------------------------ claims of dialogue responses and numbers
+
+
+def test_numbers_are_normalised_and_citations_and_one_of_are_not_numbers():
+    from servers.judge.evidence import numbers
+
+    assert numbers("they have 23 , 768 locations") == numbers("23,768 locations") == {"23768"}
+    assert numbers("a wavelength of 5 . 7 nm") == {"5.7"}
+    assert numbers("one of the largest [1] [2, 3]") == set()
+    assert numbers("in the nineteenth century") == numbers("in the 19th century") == {"19"}
+
+
+def test_reported_facts_in_dialogue_are_claims_and_reactions_are_not():
+    claims = split_claims("that ' s good to hear . i ' ve heard that nutrition is a big part of their diet .")
+    assert claims.checkable == ["nutrition is a big part of their diet ."]
+    assert claims.skipped == ["that ' s good to hear ."]
+    assert split_claims("i didn ' t realize it was filmed in seattle .").checkable == ["it was filmed in seattle ."]
+    assert split_claims("wow ! it ' s been around since 1979 .").checkable == ["it ' s been around since 1979 ."]
+    assert split_claims("i ' ve heard of warhammer").skipped == ["i ' ve heard of warhammer"]
+
+
+def test_bare_numbers_accents_and_negative_prefixes(judge):
+    context = ["Reykjavík became the capital in 1918. Caffeine is legal and unregulated in most countries."]
+    assert judge.judge_faithfulness("1918", context).verdict == "faithful"
+    assert judge.judge_faithfulness("1920", context).verdict == "unfaithful"
+    assert judge.judge_faithfulness("reykjavik became the capital in 1918 .", context).verdict == "faithful"
+    regulated = judge.judge_faithfulness("Caffeine is regulated in most countries.", context)
+    assert regulated.verdict == "unfaithful" and regulated.claims[0].status == "contradicted"
+
+
+KEYS = ("To rotate an API key without downtime, create a second key first, deploy it to every service, and only "
+        "then revoke the old key. Keys expire after 90 days.")
+
+
+@pytest.mark.parametrize("claim", ["Keys never expire.", "Keys do not expire after 90 days."])
+def test_a_claim_negating_a_sentence_that_holds_all_its_terms_is_contradicted(judge, claim):
+    res = judge.judge_faithfulness(claim, [KEYS])
+    assert [c.status for c in res.claims] == ["contradicted"] and res.verdict == "unfaithful"
+
+
+def test_without_qualifies_rather_than_negates(judge):
+    """'without downtime' in the context does not make a plain paraphrase of the same sentence a negation."""
+    res = judge.judge_faithfulness("Create a second key, deploy it, then revoke the old key.", [KEYS])
+    assert [c.status for c in res.claims] == ["supported"]
