@@ -80,8 +80,9 @@ def show_result(res: Any) -> None:
     """The rich rendering of a :class:`client.pipeline.RunResult`."""
     ans = res.answer
     if ans is not None and ans.error is None and ans.text:
-        out.print(Panel(escape(ans.text), title=f"answer (confidence {ans.confidence:.2f}, {escape(ans.backend)})",
-                        border_style="green"))
+        origin = f", cached from run {ans.cached_from}" if ans.cached else ""
+        out.print(Panel(escape(ans.text), title=f"answer (confidence {ans.confidence:.2f}, {escape(ans.backend)}"
+                                                f"{escape(origin)})", border_style="green"))
     elif ans is not None and ans.error is not None:
         out.print(Panel(f"[bold]{ans.error.code}[/]: {escape(ans.error.message)}", title="no answer",
                         border_style="yellow"))
@@ -140,6 +141,7 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     collection: Annotated[str | None, typer.Option(help="Collection to search (retrieval and graph).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the structured result.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not serve the answer from the semantic cache.")] = False,
     ask_approval: Annotated[bool | None, typer.Option(
         "--ask-approval/--no-input", help="Ask at the terminal when a run needs approval (default: when stdin is a "
         "terminal); --no-input ends such a run awaiting `guardrag runs approve|reject`.")] = None,
@@ -152,7 +154,7 @@ def ask(
     _setup_logging()
     interactive = ask_approval if ask_approval is not None else (sys.stdin.isatty() and not as_json)
     pipeline = _pipeline(interactive=interactive)
-    _report(_drive(lambda: pipeline.ask(question, collection=collection)), as_json)
+    _report(_drive(lambda: pipeline.ask(question, collection=collection, use_cache=not no_cache)), as_json)
 
 
 @runs_app.command("list")

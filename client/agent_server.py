@@ -225,6 +225,8 @@ def build_server(settings: Settings | None = None, *, env: dict[str, str] | None
                                        max_length=10_000)],
         ctx: Context,
         collection: Collection = None,
+        use_cache: Annotated[bool, Field(description="Serve a cached answer to a close enough earlier question "
+                                                     "(false: always run the pipeline).")] = True,
     ) -> RunResult | InputRequiredResult:
         """Answer a question from the indexed documents, with citations. Runs the guarded pipeline: retrieve ->
         graph -> critique (refine and search again when the passages fall short) -> select -> answer -> guard
@@ -239,7 +241,7 @@ def build_server(settings: Settings | None = None, *, env: dict[str, str] | None
         if not question.strip():
             raise ToolError("invalid_input: the question is empty")
         res = await _checked(_pipeline().ask, question, collection=collection, on_step=_progress(ctx),
-                             approver=_legacy_approver(ctx))
+                             approver=_legacy_approver(ctx), use_cache=use_cache)
         if res.status == "awaiting_approval" and _multi_round(ctx) and _can_elicit(ctx):
             held = (_pipeline().store.get_run(res.run_id).result or {}).get("held_answer") or {}
             form = ElicitRequestFormParams(

@@ -1,6 +1,12 @@
 """The guarded RAG pipeline behind ``guardrag ask``: typed steps over MCP, persisted, resumable, with breakers.
 
-    retrieve -> graph -> critique -> [refine -> critique]* -> select -> answer -> guard -> judge
+    cache -> retrieve -> graph -> critique -> [refine -> critique]* -> select -> compress -> answer -> guard
+    -> judge -> review
+
+``cache`` serves an earlier answer to a close enough question in the same scope (:mod:`client.cache`);
+``compress`` keeps the sentences that matter within a token budget (:mod:`client.compress`); ``review`` applies
+the risk policy and asks a person (the ``approver``) when it holds the answer. Cost is recorded per step and
+model, and every run leaves an append-only audit trail (:mod:`client.state`).
 
 Each step is a function of the previous step's output (pydantic models in and out). The client
 talks to the servers only over MCP (:mod:`client.connect`): ``search`` on the retrieval server,
@@ -140,6 +146,21 @@ class Selected(BaseModel):
     tokens: int
     budget: int
     dropped: list[str] = Field(default_factory=list, description="Chunk ids left out (irrelevant or over budget).")
+    compression: dict[str, Any] | None = Field(None, description="What the compress step did: tokens before and "
+                                               "after, sentences dropped by reason, compressor version.")
+
+
+class Cached(BaseModel):
+    """Output of the cache step: a hit (the cached result) or a miss, with the scope it was looked up in."""
+
+    ask: Ask
+    hit: bool = False
+    reason: str = ""
+    scope: dict[str, Any] = Field(default_factory=dict)
+    from_run: str | None = None
+    similarity: float | None = None
+    cached_question: str | None = None
+    value: dict[str, Any] | None = None
 
 
 class Answered(BaseModel):
@@ -412,6 +433,7 @@ class _Ctx:
         self.step_usage: list[Usage] = []
         self.step_tools: list[dict[str, Any]] = []
         self.approver: Approver | None = None
+        self.cache_scope: dict[str, Any] | None = None
 
 
 class Pipeline:
@@ -430,19 +452,22 @@ class Pipeline:
         self.specs = load_servers_file(settings.agent.servers_file) if settings.agent.servers_file else {}
         self._embedder: Any = None
         self._embedder_failed = False
+        self._memo: Any = None
+        self._cache: Any = None
 
     # ------------------------------------------------------------------ public
 
     async def ask(self, question: str, *, collection: str | None = None, on_step: OnStep | None = None,
-                  approver: Approver | None = None) -> RunResult:
+                  approver: Approver | None = None, use_cache: bool = True) -> RunResult:
         """Start a run for ``question`` and drive it to its end (done, tripped, failed, or awaiting approval).
-        ``approver`` overrides the pipeline's for this run."""
+        ``approver`` overrides the pipeline's for this run; ``use_cache=False`` bypasses the semantic cache."""
         if not question.strip():
             raise GuardragError("the question is empty", code="invalid_input")
         cfg = self.settings.agent
         run = self.store.create_run(
             question,
             settings={"collection": collection, "agent": cfg.model_dump(mode="json"),
+                      "cache": use_cache and self.settings.cache.enabled,
                       "guards": self.settings.guards.model_dump(mode="json"),
                       "llm": [e.label for e in self.settings.llm.chain()]},
             versions=self._versions())
@@ -477,13 +502,16 @@ class Pipeline:
                 ctx = _Ctx(run, budget, stack, on_step)
                 ctx.approver = approver or self.approver
                 try:
-                    reviewed = await self._flow(ctx, ask)
+                    outcome = await self._flow(ctx, ask, use_cache=bool(run.settings.get("cache")))
                 except BreakerTripped as exc:
                     final = self._finish_tripped(ctx, exc)
                 except Exception as exc:  # noqa: BLE001 - recorded; the run stays resumable
                     final = self._finish_failed(ctx, exc)
                 else:
-                    final = await anyio.to_thread.run_sync(self._finish_reviewed, ctx, reviewed)
+                    if isinstance(outcome, Cached):
+                        final = await anyio.to_thread.run_sync(self._finish_cached, ctx, outcome)
+                    else:
+                        final = await anyio.to_thread.run_sync(self._finish_reviewed, ctx, outcome)
         except Exception as exc:  # noqa: BLE001 - a server that died makes its client's exit raise; state is recorded
             log.debug("closing the MCP sessions of run %s: %r", run.id, exc)
             stored = self.store.get_run(run.id)
@@ -493,8 +521,13 @@ class Pipeline:
             final = self.result_of(run.id)
         return final
 
-    async def _flow(self, ctx: _Ctx, ask: Ask) -> Reviewed:
+    async def _flow(self, ctx: _Ctx, ask: Ask, *, use_cache: bool = False) -> Reviewed | Cached:
         cfg = self.settings.agent
+        if use_cache:
+            cached = await self._step(ctx, "cache", ask, Cached, self._cache_lookup)
+            if cached.hit:
+                return cached
+            ctx.cache_scope = cached.scope or None
         ev = await self._step(ctx, "retrieve", ask, Evidence, self._retrieve)
         ev = await self._step(ctx, "graph", ev, Evidence, self._graph)
         cr = await self._step(ctx, "critique", ev, Critiqued, self._critique)
@@ -512,6 +545,8 @@ class Pipeline:
                 break
             cr = await self._step(ctx, "critique", ev, Critiqued, self._critique)
         sel = await self._step(ctx, "select", cr, Selected, self._select)
+        if cfg.compress:
+            sel = await self._step(ctx, "compress", sel, Selected, self._compress)
         ans = await self._step(ctx, "answer", sel, Answered, self._answer)
         grd = await self._step(ctx, "guard", ans, Guarded, self._guard)
         jdg = await self._step(ctx, "judge", grd, Judged, self._judge)
@@ -711,6 +746,95 @@ class Pipeline:
         return Selected(evidence=cr.evidence, critique=cr.critique, items=items, tokens=used, budget=budget,
                         dropped=dropped)
 
+    async def _compress(self, ctx: _Ctx, sel: Selected) -> Selected:
+        """Drop duplicate and off-topic sentences within a token budget (:mod:`client.compress`); every kept item
+        is an exact substring of its chunk with its start shifted, so citations stay exact."""
+        if not sel.items:
+            return sel
+        from client.compress import compress
+
+        embedder = await anyio.to_thread.run_sync(self._get_memo)
+        budget = self.settings.agent.compress_tokens or self.settings.agent.context_tokens
+        comp = await anyio.to_thread.run_sync(lambda: compress(sel.evidence.ask.question, sel.items, embedder,
+                                                               budget_tokens=budget))
+        reasons: dict[str, int] = {}
+        for d in comp.dropped:
+            reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        return sel.model_copy(update={"items": comp.items, "tokens": comp.tokens_after, "compression": {
+            "tokens_before": comp.tokens_before, "tokens_after": comp.tokens_after, "budget": budget,
+            "sentences_before": comp.sentences_before, "sentences_after": comp.sentences_after,
+            "dropped": reasons, "dropped_items": comp.dropped_items, "version": comp.version}})
+
+    async def _cache_lookup(self, ctx: _Ctx, ask: Ask) -> Cached:
+        """Look the question up in the semantic cache, in the scope of this collection's current index version and
+        this install's policies (an ingest or delete changes the version: nothing older is served)."""
+        name = ask.collection or self.settings.retrieval.collection
+        listed = await self._call(ctx, "retrieval", "list_collections", {})
+        info = next((c for c in listed.get("collections", []) if c.get("name") == name), None)
+        if info is None or not info.get("generation"):
+            return Cached(ask=ask, reason=f"collection {name!r} has no index version yet")
+        scope = self._cache_scope(name, info["generation"])
+        embedder = await anyio.to_thread.run_sync(self._query_embedder)
+        if embedder is None:
+            return Cached(ask=ask, reason="no embedding model")
+        cache = self._get_cache()
+        vec = await anyio.to_thread.run_sync(embedder.embed_one, ask.question)
+        hit = await anyio.to_thread.run_sync(lambda: cache.lookup(vec, scope, question=ask.question))
+        if hit is None:
+            return Cached(ask=ask, scope=scope, reason="no cached question close enough")
+        return Cached(ask=ask, hit=True, scope=scope, from_run=hit.run_id, similarity=round(hit.similarity, 4),
+                      cached_question=hit.question, value=hit.value)
+
+    def _cache_scope(self, collection: str, generation: str) -> dict[str, Any]:
+        a = self.settings.agent
+        return {"collection": collection, "generation": generation, "versions": self._versions(),
+                "llm": [e.label for e in self.settings.llm.chain()],
+                "agent": {"k": a.k, "use_graph": a.use_graph, "max_rounds": a.max_rounds,
+                          "context_tokens": a.context_tokens, "compress": a.compress,
+                          "compress_tokens": a.compress_tokens, "answer_sentences": a.answer_sentences,
+                          "min_answer_score": a.min_answer_score},
+                "guards": _sha(self.settings.guards.model_dump_json()),
+                "approval": _sha(self.settings.approval.model_dump_json())}
+
+    def _cache_put(self, ctx: _Ctx, res: RunResult) -> None:
+        """Cache a run's answer: only when it was answered, passed the judge, was not blocked by a guard and needed
+        no approval (a risky question goes to a person every time)."""
+        scope = ctx.cache_scope
+        ok = (scope and res.status == "done" and res.answer is not None and res.answer.error is None
+              and res.judge is not None and res.judge.passed is True
+              and (res.output_guard is None or res.output_guard.status != "blocked")
+              and (res.approval is None or not res.approval.required))  # a risky answer is reviewed every time
+        embedder = self._query_embedder() if ok else None
+        if embedder is None:
+            return
+        try:
+            self._get_cache().put(embedder.embed_one(res.question), scope, res.question, res.run_id,
+                                  res.model_dump(mode="json"), passed=True)
+        except Exception as exc:  # noqa: BLE001 - the cache is an optimisation: never fail a run over it
+            log.warning("could not cache run %s: %s", res.run_id, exc)
+
+    def _get_cache(self) -> Any:
+        if self._cache is None:
+            from client.cache import SemanticCache
+
+            c = self.settings.cache
+            self._cache = SemanticCache(c.path or self.settings.data_dir / "cache.sqlite", max_entries=c.max_entries,
+                                        threshold=c.threshold)
+        return self._cache
+
+    def _finish_cached(self, ctx: _Ctx, c: Cached) -> RunResult:
+        run = self.store.get_run(ctx.run.id, steps=True)
+        res = RunResult.model_validate(c.value)
+        answer = res.answer.model_copy(update={"cached": True, "cached_from": c.from_run}) if res.answer else None
+        res = res.model_copy(update={"run_id": run.id, "question": run.question, "status": "done", "answer": answer,
+                                     "tokens": ctx.budget.tokens, "cost": 0.0, "steps": _summaries(run),
+                                     "rounds": 0})
+        self.store.finish_run(run.id, "done", result=res)
+        self._audit(run.id, "cache_hit", {"from_run": c.from_run, "similarity": c.similarity,
+                                          "cached_question": _anon(c.cached_question or ""), "scope": c.scope})
+        self._audit_finish(res, held=False)
+        return res
+
     async def _answer(self, ctx: _Ctx, sel: Selected) -> Answered:
         """The answer chain: each configured model in order, then the offline extractive answerer, then the static
         response. A link that fails (error, invalid JSON after its repair, an answer citing no passage) hands over
@@ -757,7 +881,7 @@ class Pipeline:
                 b.close()
         if chain:
             info = {"fallback_from": [c.reason for c in chain]}
-        embedder = await anyio.to_thread.run_sync(self._get_embedder)
+        embedder = await anyio.to_thread.run_sync(self._get_memo)
         if embedder is not None:
             ans = await anyio.to_thread.run_sync(
                 lambda: extractive_answer(question, sel.items, embedder, max_sentences=cfg.answer_sentences,
@@ -885,6 +1009,7 @@ class Pipeline:
             res.answer = _rejected(r.approval)
         self.store.finish_run(ctx.run.id, res.status, result=stored)  # type: ignore[arg-type]
         self._audit_finish(res, held=stored is not res)
+        self._cache_put(ctx, res)
         return res
 
     def settle(self, run_id: str, *, approve: bool, by: str, note: str | None = None) -> RunResult:
@@ -939,6 +1064,23 @@ class Pipeline:
                 log.info("embedder unavailable (%s); token counts are estimated", exc)
                 self._embedder_failed = True
         return self._embedder
+
+    def _query_embedder(self) -> Any:
+        """The session that embeds questions for the cache (``cache.embed_threads``), or None without the model."""
+        if self.settings.cache.embed_threads is None or self._get_embedder() is None:
+            return self._get_embedder()
+        from core.embedder import get_embedder
+
+        return get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads)
+
+    def _get_memo(self) -> Any:
+        """The embedder behind a sentence-vector memo, shared by compression and the extractive answerer."""
+        emb = self._get_embedder()
+        if emb is not None and self._memo is None:
+            from client.compress import MemoEmbedder
+
+            self._memo = MemoEmbedder(emb)
+        return self._memo if emb is not None else None
 
     def _count(self, text: str) -> int:
         """Tokens of ``text``: the embedder's word pieces, or ``len(text) // 4`` (a documented estimate) without it."""
@@ -1031,11 +1173,11 @@ def _rejected(a: Approval) -> Answer:
 def _audit_entry(step: str, out: BaseModel) -> tuple[str, dict[str, Any]] | None:
     """The audit record of a finished step (None: the step leaves nothing to explain)."""
     if isinstance(out, Selected):
-        return "sources", {
+        return "compression" if out.compression else "sources", {
             "used": [{"chunk_id": i.chunk_id, "source": i.source, "doc_id": i.doc_id, "sha256": _sha(i.text),
                       "guard": i.guard, "origin": i.origin, "tokens": i.tokens} for i in out.items],
             "withheld": [w.model_dump(mode="json") for w in out.evidence.withheld],
-            "dropped": out.dropped, "queries": len(out.evidence.searched)}
+            "dropped": out.dropped, "queries": len(out.evidence.searched), "compression": out.compression}
     if isinstance(out, Answered):
         a = out.answer
         return "answer", {"backend": a.backend, "chain": [c.model_dump(mode="json") for c in a.chain],

@@ -202,6 +202,10 @@ class AgentSettings(BaseModel):
         "VS Code's `servers`). Unset, or a server it does not name: this install's server over stdio.")
     webhook_url: str | None = Field(None, description="POST a JSON alert here when a breaker trips (unset: log only).")
     webhook_timeout: float = Field(5.0, gt=0, description="Seconds the alert webhook may take.")
+    compress: bool = Field(True, description="Compress the selected context before answering (drop duplicate and "
+                           "off-topic sentences; citations stay exact).")
+    compress_tokens: int | None = Field(None, ge=32, description="Token budget after compression (default: "
+                                        "context_tokens).")
     static_response: str | None = Field(
         "I can't answer that reliably right now. Please try again later or contact support.",
         description="Last link of the answer chain: said when every model and the offline answerer failed "
@@ -257,6 +261,19 @@ class ApprovalSettings(BaseModel):
                                                    "approval.")
 
 
+class CacheSettings(BaseModel):
+    """The semantic answer cache of ``guardrag ask``."""
+
+    enabled: bool = Field(True, description="Serve a cached answer to a question close enough to an earlier one "
+                          "(same collection and index version, same policies); `guardrag ask --no-cache` bypasses.")
+    threshold: float = Field(0.92, gt=0, le=1, description="Least cosine similarity of the two questions.")
+    max_entries: int = Field(10_000, ge=1, description="Entries kept (least recently used evicted).")
+    path: Path | None = Field(None, description="SQLite file; default DATA_DIR/cache.sqlite.")
+    embed_threads: int | None = Field(1, ge=1, description="onnxruntime threads of the session that embeds the "
+                                      "question for a lookup (1: fastest for one short text on a busy machine; "
+                                      "a second small session of the same model; unset: share the pipeline's).")
+
+
 class Settings(BaseSettings):
     """guardrag settings (env ``GUARDRAG_*``, optional ``guardrag.toml``)."""
 
@@ -283,6 +300,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -77,7 +77,7 @@ async def test_agent_server_over_stdio(indexed):
         assert "second key" in text and "[1] rotation.md" in text and out["run_id"] in text
         # Progress came once per step, in order.
         names = [m for _, m in progress]
-        assert names[:2] == ["retrieve", "graph"] and names[-2:] == ["judge", "review"]
+        assert names[:3] == ["cache", "retrieve", "graph"] and names[-2:] == ["judge", "review"]
         assert [d for d, _ in progress] == sorted(d for d, _ in progress)
 
         # The planted instruction is quarantined, and the answer does not obey it.

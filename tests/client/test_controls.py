@@ -18,6 +18,7 @@ from client.stats import compute_stats
 from core.settings import (
     AgentSettings,
     ApprovalSettings,
+    CacheSettings,
     CostSettings,
     LLMSettings,
     ModelEndpoint,
@@ -55,7 +56,7 @@ def base(tmp_path_factory, model_dir) -> Settings:
     for name, text in DOCS.items():
         (docs / name).write_text(text)
     return Settings(data_dir=tmp / "data", model_dir=model_dir, retrieval=RetrievalSettings(roots=[docs]),
-                    agent=AgentSettings(use_graph=False))
+                    agent=AgentSettings(use_graph=False), cache=CacheSettings(enabled=False))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +245,8 @@ async def test_audit_trail_explains_the_run_and_is_append_only(base, pool, store
     res = await Pipeline(base, store, pool=pool).ask(q)
     entries = store.audit(res.run_id)
     kinds = [e.kind for e in entries]
-    assert kinds == ["run_started", "sources", "answer", "output_guard", "judge", "risk_review", "run_finished"]
+    assert kinds == ["run_started", "sources", "compression", "answer", "output_guard", "judge", "risk_review",
+                     "run_finished"]
     start = entries[0].payload
     assert "jane.roe@example.com" not in json.dumps([e.payload for e in entries])  # PII stored anonymised
     assert "<EMAIL_ADDRESS>" in start["question"] and len(start["question_sha256"]) == 64
@@ -254,7 +256,7 @@ async def test_audit_trail_explains_the_run_and_is_append_only(base, pool, store
     run = store.steps(res.run_id)
     texts = {i["chunk_id"]: i["text"] for i in next(s for s in run if s.name == "select").output["items"]}
     assert used and all(u["sha256"] == hashlib.sha256(texts[u["chunk_id"]].encode()).hexdigest() for u in used)
-    judge = entries[4].payload
+    judge = entries[5].payload
     assert judge["rubrics"] and all("@" in r for r in judge["rubrics"])
     with sqlite3.connect(store.path) as raw, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         raw.execute("UPDATE audit SET kind = 'x'")
@@ -305,3 +307,31 @@ def test_cli_approval_audit_and_stats(base, tmp_path, monkeypatch):
         get_settings.cache_clear()
     with RunStore(default_db_path(base.data_dir, tmp_path / "cli-runs.sqlite")) as s:
         assert s.get_run(run_id).status == "done"
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, store, tmp_path):
+    cached = with_(base, cache=CacheSettings(path=tmp_path / "cache.sqlite"))
+    pipe = Pipeline(cached, store, pool=pool)
+    first = await pipe.ask(ROTATE)
+    assert first.status == "done" and not first.answer.cached and first.judge.passed
+    para = await pipe.ask("How can I rotate an API key with no downtime?")
+    assert para.answer.cached and para.answer.cached_from == first.run_id and para.answer.text == first.answer.text
+    assert [s.name for s in store.steps(para.run_id)] == ["cache"]  # nothing else ran
+    assert any(e.kind == "cache_hit" for e in store.audit(para.run_id))
+    # A different question, and --no-cache, are not served from the cache.
+    assert not (await pipe.ask("When do keys expire?")).answer.cached
+    assert not (await pipe.ask(ROTATE, use_cache=False)).answer.cached
+    # A held (risky) answer is never cached.
+    await pipe.ask(DOSAGE)
+    assert (await pipe.ask(DOSAGE)).status == "awaiting_approval"
+    # Any ingest changes the collection's index version: the cached answer is no longer served.
+    await call(await pool.get("retrieval"), "ingest_text", {"text": "Rotated keys are logged in the audit log.",
+                                                            "doc_id": "audit-note"})
+    after = await pipe.ask(ROTATE)
+    assert after.status == "done" and not after.answer.cached
+    assert (await pipe.ask(ROTATE)).answer.cached  # ... until the answer is cached again under the new version
+    st = compute_stats(store)
+    assert st.cache_hits == 2 and st.cache_lookups == 7

@@ -24,7 +24,7 @@ from client.connect import call
 from client.pipeline import PAUSE_ENV, Pipeline, ServerPool, _Budget, _Ctx
 from client.state import RunStore, default_db_path
 from core.errors import Unavailable
-from core.settings import AgentSettings, RetrievalSettings, Settings
+from core.settings import AgentSettings, CacheSettings, RetrievalSettings, Settings
 from tests.conftest import server_env
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +55,9 @@ def base(tmp_path_factory, model_dir) -> Settings:
     docs.mkdir()
     for name, text in DOCS.items():
         (docs / name).write_text(text)
-    return Settings(data_dir=tmp / "data", model_dir=model_dir, retrieval=RetrievalSettings(roots=[docs]))
+    # The same questions are asked by several tests: the semantic cache (tested in test_controls.py) is off here.
+    return Settings(data_dir=tmp / "data", model_dir=model_dir, retrieval=RetrievalSettings(roots=[docs]),
+                    cache=CacheSettings(enabled=False))
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,8 @@ async def test_answer_with_citations(base, pool, store):
     assert res.judge is not None and not res.judge.skipped and res.judge.faithfulness is not None
     assert res.output_guard.status == "clean"
     names = [n for n, _, _ in steps_of(store, res.run_id)]
-    assert names[:3] == ["retrieve", "graph", "critique"] and names[-5:] == ["select", "answer", "guard", "judge",
-                                                                             "review"]
+    assert names[:3] == ["retrieve", "graph", "critique"]
+    assert names[-6:] == ["select", "compress", "answer", "guard", "judge", "review"]
     assert all(st == "done" and att == 1 for _, st, att in steps_of(store, res.run_id))
     # The graph step ran or recorded why it was skipped.
     assert res.graph is not None and (res.graph.get("skipped") is False or res.graph.get("reason"))
@@ -243,7 +245,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp_path):
-    child_env = {**env, PAUSE_ENV: "answer", "GUARDRAG_AGENT__USE_GRAPH": "false",
+    child_env = {**env, PAUSE_ENV: "answer", "GUARDRAG_AGENT__USE_GRAPH": "false", "GUARDRAG_CACHE__ENABLED": "false",
                  "PYTHONPATH": str(ROOT)}
     errlog = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "client.agent_cli", "ask", ROTATE, "--json"], cwd=ROOT,  # noqa: ASYNC220
@@ -272,10 +274,10 @@ async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp
     res = await Pipeline(base, store, pool=pool).resume(run_id)
     assert res.status == "done" and "second key" in res.answer.text
     steps = steps_of(store, run_id)
-    assert [n for n, _, _ in steps] == ["retrieve", "graph", "critique", "select", "answer", "guard", "judge",
-                                        "review"]
-    assert {n: a for n, _, a in steps} == {"retrieve": 1, "graph": 1, "critique": 1, "select": 1, "answer": 2,
-                                           "guard": 1, "judge": 1, "review": 1}
+    assert [n for n, _, _ in steps] == ["retrieve", "graph", "critique", "select", "compress", "answer", "guard",
+                                        "judge", "review"]
+    assert {n: a for n, _, a in steps} == {"retrieve": 1, "graph": 1, "critique": 1, "select": 1, "compress": 1,
+                                           "answer": 2, "guard": 1, "judge": 1, "review": 1}
 
     # The CLI sees the same store: the run is listed, its steps shown, and a finished run is not resumed.
     env_cli = {**env, "PYTHONPATH": str(ROOT)}
@@ -283,7 +285,8 @@ async def test_kill_9_mid_run_leaves_a_resumable_run(base, env, pool, store, tmp
     assert listed.returncode == 0 and run_id in {r["id"] for r in json.loads(listed.stdout)}
     shown = cli(env_cli, "runs", "show", run_id, "--json")
     assert shown.returncode == 0
-    assert [(s["name"], s["attempts"]) for s in json.loads(shown.stdout)["steps"]][3:5] == [("select", 1), ("answer", 2)]
+    assert [(s["name"], s["attempts"]) for s in json.loads(shown.stdout)["steps"]][3:6] == [("select", 1), ("compress", 1),
+                                                                                         ("answer", 2)]
     again = cli(env_cli, "runs", "resume", run_id)
     assert again.returncode == 1 and "only a running or failed run can be resumed" in again.stderr
 
