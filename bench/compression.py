@@ -33,7 +33,6 @@ in place, never copied. Prints a table and writes ``bench/results/compression.js
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from retrieval import COLLECTION, DEFAULT_DATA, load_scifact  # noqa: E402  (bench/retrieval.py: one loader)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -58,24 +58,6 @@ from core.settings import Settings  # noqa: E402
 from servers.judge.engine import JudgeEngine  # noqa: E402
 from servers.retrieval.engine import RetrievalEngine, TextItem  # noqa: E402
 from servers.retrieval.loaders import parse_text  # noqa: E402
-
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "retrieval" / "scifact"
-COLLECTION = "scifact"
-
-
-def load_scifact(folder: Path):
-    with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
-        corpus = [json.loads(line) for line in fh]
-    queries = {}
-    for line in (folder / "queries.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        queries[rec["_id"]] = rec["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (folder / "qrels" / "train.tsv").read_text().splitlines()[1:]:
-        qid, did, score = line.strip().split("\t")
-        qrels.setdefault(qid, {})[did] = int(score)
-    return corpus, {q: t for q, t in queries.items() if q in qrels}, qrels
-
 
 def select(engine: RetrievalEngine, question: str, k: int, budget: int, count) -> list[ContextItem]:
     """The pipeline's retrieve + select steps, in process (hits in rank order within the token budget)."""
