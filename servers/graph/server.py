@@ -319,14 +319,18 @@ def build_server(settings: Settings | None = None, engine: GraphEngine | None = 
             max_length=200)] = None,
         cursor: Cursor = None,
         collection: Collection = None,
+        hop_chunks: Annotated[dict[str, Annotated[float, Field(ge=0)]] | None, Field(
+            description="Optional second hop: chunk id -> weight (e.g. 2.0 for a retriever's best hit); the walk also "
+                        "restarts at every entity those chunks name, so the passages about the bridge entity of a "
+                        "multi-hop question surface. Unknown chunk ids are ignored.", max_length=200)] = None,
     ) -> PprResult:
         """Multi-hop passage search (HippoRAG-style personalised PageRank over the entity-chunk graph):
-        the walk restarts at the question's entities, weighted by how specific they are, and optionally at
-        `seed_chunks`, so chunks two or three hops away from the question surface. Returns a page of k
-        chunks with guard verdicts, and the seed entities; empty when nothing of the question is in the
-        graph."""
+        the walk restarts at the question's entities, weighted by how specific they are, optionally at
+        `seed_chunks`, and at the entities named by `hop_chunks` (a second hop), so chunks two or three hops
+        away from the question surface. Returns a page of k chunks with guard verdicts, and the seed entities;
+        empty when nothing of the question is in the graph."""
         return _result(await call_engine(engine.ppr_search, query, k=k, cursor=cursor, seed_chunks=seed_chunks,
-                                 collection=collection))
+                                         collection=collection, hop_chunks=hop_chunks))
 
     @mcp.tool(annotations=READ_ONLY)
     async def global_search(

@@ -333,3 +333,21 @@ async def test_model_failure_falls_back_to_the_offline_answer(base, pool, store)
     assert res.status == "done" and res.answer.backend == "offline-extractive" and "second key" in res.answer.text
     answer_step = next(s for s in store.steps(res.run_id) if s.name == "answer")
     assert answer_step.output["answer_info"]["fallback_from"]
+
+
+async def test_graph_step_runs_a_multihop_search_seeded_by_the_best_passage(base, pool, store):
+    """Last in the module (it builds the graph the other tests run without): with a graph pulled from the retrieval
+    store (same chunk ids), the graph step walks from the question's entities and, as a second hop, from the
+    entities the best retrieved passage names; its passages join the evidence, deduplicated."""
+    built = await call(await pool.get("graph"), "graph_ingest", {"from_retrieval": "default"})
+    assert built["added"] == len(DOCS) and built["entities"] > 0
+    res = await Pipeline(base, store, pool=pool).ask("Who is the on-call engineer for billing questions?")
+    assert res.status == "done" and res.graph["skipped"] is False and res.graph["mode"] == "multihop"
+    steps = store.steps(res.run_id)
+    retrieved = steps[0].output["hits"]
+    assert res.graph["hop_from"] == [retrieved[0]["chunk_id"]]
+    graph_step = next(s for s in steps if s.name == "graph")
+    assert [t["tool"] for t in graph_step.timings["tools"]] == ["graph_stats", "multihop_search"]
+    ids = [h["chunk_id"] for h in graph_step.output["hits"]]
+    assert len(ids) == len(set(ids))  # graph passages already retrieved are not added twice
+    assert "Dana Whitfield" in res.answer.text

@@ -163,6 +163,10 @@ async def test_search_tools(server):
         seeded = await client.call_tool("multihop_search", {"query": "Red Hat", "k": 2,
                                                             "seed_chunks": {data["chunks"][0]["chunk_id"]: 1.0}})
         assert not seeded.is_error
+        # A second hop from a passage about IBM reaches what IBM's passage names; an unknown chunk id is ignored.
+        hopped = await client.call_tool("multihop_search", {"query": "Red Hat", "k": 3, "hop_chunks": {
+            data["chunks"][0]["chunk_id"]: 2.0, "no-such-chunk": 1.0}})
+        assert not hopped.is_error and "ibm-history" in [c["doc_id"] for c in hopped.structured_content["chunks"]]
 
         glob = await client.call_tool("global_search", {"query": "health agencies in Geneva", "k": 2, "communities": 2})
         g = glob.structured_content
@@ -233,6 +237,7 @@ async def test_every_page_follows_its_cursor_to_the_end(server, tool, args, key)
     ("local_search", {"query": "x", "collection": "nowhere"}, "does not exist"),
     ("local_search", {"query": "x", "collection": "a/b"}, "invalid collection name"),
     ("multihop_search", {"query": "x", "seed_chunks": {"c": -1}}, "validation error"),
+    ("multihop_search", {"query": "x", "hop_chunks": {"c": -1}}, "validation error"),
     ("global_search", {"query": "x", "communities": 11}, "validation error"),
 ])
 async def test_bad_input_is_a_tool_error_and_changes_nothing(server, kg, kg_settings, tool, args, needle):
