@@ -163,7 +163,9 @@ def build_server(settings: Settings | None = None, *, env: dict[str, str] | None
             "question: it searches (hybrid + knowledge graph), checks the passages and searches again when they "
             "fall short, answers with numbered citations, redacts personal data and secrets, and judges the "
             "answer (faithfulness, relevance, safety). Passages carrying injected instructions are neutralised "
-            "or withheld, never obeyed. Each run is stored: `get_run`, `list_runs`, `resume_run`."
+            "or withheld, never obeyed. A risky answer (financial, medical or legal topic, low faithfulness, a "
+            "guard block) is held and the client is asked to approve it. A close enough earlier question is "
+            "answered from the cache (marked cached). Each run is stored: `get_run`, `list_runs`, `resume_run`."
         ),
         log_level=settings.log_level.upper(),  # type: ignore[arg-type]
         lifespan=lifespan,
