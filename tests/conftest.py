@@ -86,9 +86,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(module: str, env: dict[str, str]) -> Iterator[str]:
+def http_server(module: str, env: dict[str, str], *, stderr: list[str] | None = None) -> Iterator[str]:
     """Run ``python -m <module> --http --port N`` as a subprocess; yield its MCP URL once it accepts
-    connections; terminate it afterwards."""
+    connections; terminate it afterwards. ``stderr``, when given, receives the server's stderr once it has
+    exited (so what it writes at exit, e.g. spans, can be read)."""
     import socket
     import subprocess
     import sys
@@ -112,4 +113,6 @@ def http_server(module: str, env: dict[str, str]) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        err = proc.communicate(timeout=30)[1]
+        if stderr is not None:
+            stderr.append(err.decode(errors="replace"))

@@ -4,15 +4,11 @@ no socket) when nothing is configured."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core import telemetry
 from servers.common import UNKNOWN_TOOL, instrument
-from tests.conftest import free_port, server_env
+from tests.conftest import http_server, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -151,33 +147,12 @@ async def test_tool_span_is_a_child_of_the_trace_in_meta(judge):
 
 # ------------------------------------------------------------------------------ a real server over HTTP
 
-@contextlib.contextmanager
-def _judge_over_http(env: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
-    """``python -m servers.judge.server --http``: yield its base URL and a list that holds its stderr once
-    it has been terminated (so spans written at exit can be read)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "servers.judge.server", "--http", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "judge server did not start"
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", stderr
-    finally:
-        proc.terminate()
-        stderr.append(proc.communicate(timeout=30)[1])
-
-
 async def test_http_server_serves_metrics_and_exports_spans(settings):
     env = server_env(settings) | {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    with _judge_over_http(env) as (base, stderr):
+    stderr: list[str] = []
+    with http_server("servers.judge.server", env, stderr=stderr) as url:
+        base = url.removesuffix("/mcp")
         async with httpx.AsyncClient(base_url=base) as web:
             before = await web.get("/metrics")
             assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain; version=0.0.4")
