@@ -93,28 +93,9 @@ async def run(settings: Settings, configs: dict[str, Settings], questions: list[
                 if res.judge is not None and not res.judge.skipped:
                     rec["passed"] += bool(res.judge.passed)
                     rec["faithfulness"].append(res.judge.faithfulness or 0.0)
-        # The semantic cache, end to end: each question once more through a cache-enabled pipeline (a miss that
-        # caches its answer when it passes), then again (a hit): the time `ask` takes to serve a cached answer,
-        # the retrieval server's index-version probe and the run's bookkeeping included.
-        cached_settings = configs["full"].model_copy(update={"cache": CacheSettings(
-            path=Path(configs["full"].agent.state_db).parent / "cache.sqlite")})
-        cache_store = RunStore(Path(configs["full"].agent.state_db).parent / "cache-runs.sqlite")
-        cpipe = Pipeline(cached_settings, cache_store, env=env, pool=pool)
-        hits: list[float] = []
-        served = 0
-        for q, _ in questions:
-            await cpipe.ask(q, collection=COLLECTION)
-            t = time.perf_counter()
-            res = await cpipe.ask(q, collection=COLLECTION)
-            if res.answer is not None and res.answer.cached:
-                hits.append((time.perf_counter() - t) * 1000)
-                served += 1
-        cache_store.close()
         for s in stores.values():
             s.close()
-    out = {"cache_repeat": {"questions": len(questions), "served_from_cache": served,
-                            "hit_p50_ms": round(pct(hits, 50), 1) if hits else None,
-                            "hit_p95_ms": round(pct(hits, 95), 1) if hits else None}}
+    out: dict = {}
     for name, rec in per.items():
         nq = len(questions)
         out.setdefault("configs", {})
@@ -160,7 +141,7 @@ def main() -> int:
     }
     t = time.perf_counter()
     measured = anyio.run(run, settings, configs, questions[args.warmup:], args.warmup)
-    res, cache_repeat = measured["configs"], measured["cache_repeat"]
+    res = measured["configs"]
     wall = round(time.perf_counter() - t, 1)
 
     table = Table(title=f"guardrag ask on SciFact ({len(questions) - args.warmup} questions, offline backends)")
@@ -183,9 +164,7 @@ def main() -> int:
         q.add_row(name, f"{r['answered']:.3f}", f"{r['cites_relevant_abstract']:.3f}", f"{r['judge_pass_rate']:.3f}",
                   f"{r['mean_faithfulness']}", f"{r['mean_rounds']}")
     console.print(q)
-    console.print(f"semantic cache: {cache_repeat['served_from_cache']} of {cache_repeat['questions']} repeated "
-                  f"questions served from the cache; `ask` on a hit p50 {cache_repeat['hit_p50_ms']} ms, p95 "
-                  f"{cache_repeat['hit_p95_ms']} ms (answers that did not pass the judge are never cached)")
+    console.print("the semantic cache (off here) is measured end to end by bench/cache.py")
     try:
         import os
 
@@ -194,8 +173,7 @@ def main() -> int:
         load = None
     payload = {"benchmark": "ask", "data": "scifact (dev, train split)", "collection": COLLECTION,
                "ingest_s": ingest_s, "wall_s": wall, "load_avg": load, "machine": platform.platform(),
-               "python": platform.python_version(), "configs": res,
-               "cache_repeat": cache_repeat}
+               "python": platform.python_version(), "configs": res}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out} (load average {load})")

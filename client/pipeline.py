@@ -354,7 +354,7 @@ def _alert(settings: Settings, run_id: str, exc: BreakerTripped) -> None:
 
 def open_store(settings: Settings) -> RunStore:
     """The run store at ``agent.state_db`` (default ``data_dir/runs.sqlite``)."""
-    return RunStore(default_db_path(settings.data_dir, settings.agent.state_db))
+    return RunStore(default_db_path(settings.data_dir, settings.agent.state_db), sync=settings.agent.state_sync)
 
 
 class ServerPool:
@@ -434,6 +434,7 @@ class _Ctx:
         self.step_tools: list[dict[str, Any]] = []
         self.approver: Approver | None = None
         self.cache_scope: dict[str, Any] | None = None
+        self.audit_started = False  # the run's first audit entry is queued or written
 
 
 class Pipeline:
@@ -471,7 +472,7 @@ class Pipeline:
                       "guards": self.settings.guards.model_dump(mode="json"),
                       "llm": [e.label for e in self.settings.llm.chain()]},
             versions=self._versions())
-        return await self._execute(run, on_step, approver)
+        return await self._execute(run, on_step, approver, fresh=True)
 
     async def resume(self, run_id: str, *, force: bool = False, on_step: OnStep | None = None,
                      approver: Approver | None = None) -> RunResult:
@@ -490,19 +491,22 @@ class Pipeline:
     # ------------------------------------------------------------------ driver
 
     async def _execute(self, run: RunRecord, on_step: OnStep | None = None,
-                       approver: Approver | None = None) -> RunResult:
+                       approver: Approver | None = None, *, fresh: bool = False) -> RunResult:
         budget = _Budget(self.settings, self._count, self.store)
         budget.cost = sum(u["cost"] for u in self.store.usage(run.id))  # spent by earlier attempts of this run
-        if not self.store.audit(run.id):
-            await anyio.to_thread.run_sync(self._audit_start, run)
+        use_cache = bool(run.settings.get("cache"))
+        started = not fresh and bool(self.store.audit(run.id))
         ask = Ask(question=run.question, collection=run.settings.get("collection"), k=self.settings.agent.k)
         final: RunResult
         try:
             async with AsyncExitStack() as stack:
                 ctx = _Ctx(run, budget, stack, on_step)
+                ctx.audit_started = started
+                if not use_cache:
+                    self._audit_started(ctx)
                 ctx.approver = approver or self.approver
                 try:
-                    outcome = await self._flow(ctx, ask, use_cache=bool(run.settings.get("cache")))
+                    outcome = await self._flow(ctx, ask, use_cache=use_cache)
                 except BreakerTripped as exc:
                     final = self._finish_tripped(ctx, exc)
                 except Exception as exc:  # noqa: BLE001 - recorded; the run stays resumable
@@ -522,11 +526,19 @@ class Pipeline:
         return final
 
     async def _flow(self, ctx: _Ctx, ask: Ask, *, use_cache: bool = False) -> Reviewed | Cached:
+        """The steps of a run. With the cache, the run's first audit entry is queued after the cache step (which
+        writes none), or on a hit once the run is finished: anonymising the question (the audit thread's work) then
+        does not compete with serving the cached answer."""
         cfg = self.settings.agent
         if use_cache:
-            cached = await self._step(ctx, "cache", ask, Cached, self._cache_lookup)
+            try:
+                cached = await self._step(ctx, "cache", ask, Cached, self._cache_lookup)
+            except BaseException:
+                self._audit_started(ctx)
+                raise
             if cached.hit:
                 return cached
+            self._audit_started(ctx)
             ctx.cache_scope = cached.scope or None
         ev = await self._step(ctx, "retrieve", ask, Evidence, self._retrieve)
         ev = await self._step(ctx, "graph", ev, Evidence, self._graph)
@@ -597,7 +609,7 @@ class Pipeline:
                                  versions=_step_versions(result), usage=ctx.step_usage)
         entry = _audit_entry(name, result)
         if entry is not None:
-            await anyio.to_thread.run_sync(self._audit, run_id, *entry)
+            self._audit(run_id, *entry)
         return result
 
     # ------------------------------------------------------------------ MCP
@@ -774,17 +786,24 @@ class Pipeline:
         """Look the question up in the semantic cache, in the scope of this collection's current index version and
         this install's policies (an ingest or delete changes the version: nothing older is served)."""
         name = ask.collection or self.settings.retrieval.collection
-        listed = await self._call(ctx, "retrieval", "list_collections", {})
+        embedder = await anyio.to_thread.run_sync(self._query_embedder)
+        if embedder is None:
+            return Cached(ask=ask, reason="no embedding model")
+        vec: list[Any] = []
+
+        async def embed() -> None:  # alongside the index-version probe: one waits on the server, the other computes
+            vec.append(await anyio.to_thread.run_sync(embedder.embed_one, ask.question))
+
+        await self._client(ctx, "retrieval")  # connect (when needed) outside the task group's cancel scope
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(embed)
+            listed = await self._call(ctx, "retrieval", "list_collections", {"name": name})
         info = next((c for c in listed.get("collections", []) if c.get("name") == name), None)
         if info is None or not info.get("generation"):
             return Cached(ask=ask, reason=f"collection {name!r} has no index version yet")
         scope = self._cache_scope(name, info["generation"])
-        embedder = await anyio.to_thread.run_sync(self._query_embedder)
-        if embedder is None:
-            return Cached(ask=ask, reason="no embedding model")
         cache = self._get_cache()
-        vec = await anyio.to_thread.run_sync(embedder.embed_one, ask.question)
-        hit = await anyio.to_thread.run_sync(lambda: cache.lookup(vec, scope, question=ask.question))
+        hit = await anyio.to_thread.run_sync(lambda: cache.lookup(vec[0], scope, question=ask.question))
         if hit is None:
             return Cached(ask=ask, scope=scope, reason="no cached question close enough")
         return Cached(ask=ask, hit=True, scope=scope, from_run=hit.run_id, similarity=round(hit.similarity, 4),
@@ -835,9 +854,26 @@ class Pipeline:
                                      "tokens": ctx.budget.tokens, "cost": 0.0, "steps": _summaries(run),
                                      "rounds": 0})
         self.store.finish_run(run.id, "done", result=res)
-        self._audit(run.id, "cache_hit", {"from_run": c.from_run, "similarity": c.similarity,
-                                          "cached_question": _anon(c.cached_question or ""), "scope": c.scope})
-        self._audit_finish(res, held=False)
+        self._audit_started(ctx)
+        # The run that answered first holds the same question and answer anonymised in its audit trail: reuse them
+        # (checked by hash) rather than scanning both again. The audit thread builds this entry after writing the
+        # entries queued before it, the first run's included.
+        prior: dict[str, dict[str, Any]] = {}
+
+        def cache_hit() -> dict[str, Any]:
+            prior.update({e.kind: e.payload for e in self.store.audit(c.from_run, wait=False)} if c.from_run else {})
+            started = prior.get("run_started", {})
+            same = started.get("question_sha256") == _sha(c.cached_question or "") and "question" in started
+            return {"from_run": c.from_run, "similarity": c.similarity, "scope": c.scope,
+                    "cached_question": started["question"] if same else _anon(c.cached_question or "")}
+
+        def answer_anon(text: str) -> str:
+            finished = prior.get("run_finished", {})
+            same = finished.get("answer_sha256") == _sha(text) and "answer" in finished
+            return finished["answer"] if same else _anon(text)
+
+        self._audit(run.id, "cache_hit", cache_hit)
+        self._audit_finish(res, held=False, anon=answer_anon)
         return res
 
     async def _answer(self, ctx: _Ctx, sel: Selected) -> Answered:
@@ -1092,30 +1128,41 @@ class Pipeline:
         emb = self._get_embedder()
         return emb.count_tokens(text) if emb is not None else max(1, len(text) // 4)
 
-    def _audit(self, run_id: str, kind: str, payload: dict[str, Any]) -> None:
+    def _audit(self, run_id: str, kind: str, payload: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+        """Queue an audit entry; a payload given as a function (one that anonymises text) is built by the store's
+        audit thread, off the run's path."""
         self.store.append_audit(run_id, kind, payload)
+
+    def _audit_started(self, ctx: _Ctx) -> None:
+        """Queue the run's first audit entry unless it is written."""
+        if not ctx.audit_started:
+            ctx.audit_started = True
+            self._audit_start(ctx.run)
 
     def _audit_start(self, run: RunRecord) -> None:
         settings = json.dumps(run.settings, sort_keys=True, default=str)
-        self._audit(run.id, "run_started", {
-            "question": _anon(run.question), "question_sha256": _sha(run.question),
-            "collection": run.settings.get("collection"), "settings_sha256": _sha(settings),
-            "versions": run.versions, "answer_prompt_sha256": _sha(SYSTEM_PROMPT)})
+        fixed = {"question_sha256": _sha(run.question), "collection": run.settings.get("collection"),
+                 "settings_sha256": _sha(settings), "versions": run.versions,
+                 "answer_prompt_sha256": _sha(SYSTEM_PROMPT)}
+        self._audit(run.id, "run_started", lambda: {"question": _anon(run.question), **fixed})
 
-    def _audit_finish(self, res: RunResult, *, held: bool) -> None:
+    def _audit_finish(self, res: RunResult, *, held: bool, anon: Callable[[str], str] | None = None) -> None:
+        """The run's last audit entry. ``anon`` anonymises the answer (default: the PII scanner)."""
         ans = res.answer
-        self._audit(res.run_id, "run_finished", {
-            "status": res.status, "tokens": res.tokens, "cost": res.cost, "currency": self.settings.cost.currency,
-            "answer": _anon(ans.text) if ans is not None and ans.text else None,
-            "answer_error": ans.error.code if ans is not None and ans.error else None,
-            "answer_held": held, "error": res.error.model_dump(mode="json") if res.error else None})
+        text = ans.text if ans is not None and ans.text else None
+        fixed = {"status": res.status, "tokens": res.tokens, "cost": res.cost, "currency": self.settings.cost.currency,
+                 "answer_sha256": _sha(text) if text else None,
+                 "answer_error": ans.error.code if ans is not None and ans.error else None,
+                 "answer_held": held, "error": res.error.model_dump(mode="json") if res.error else None}
+        self._audit(res.run_id, "run_finished", lambda: {"answer": (anon or _anon)(text) if text else None, **fixed})
 
     def _versions(self) -> dict[str, Any]:
-        from guards import injection
+        from guards import injection, pii
         from guards.policy import POLICY_VERSION
 
         return {"pipeline": PIPELINE_VERSION, "guard_policy": POLICY_VERSION,
-                "injection_scanner": injection.SCANNER_VERSION, "embedder_dir": str(self.settings.model_dir)}
+                "injection_scanner": injection.SCANNER_VERSION, "pii_scanner": pii.SCANNER_VERSION,
+                "embedder_dir": str(self.settings.model_dir)}
 
 
 # ============================================================================ small functions

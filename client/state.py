@@ -4,9 +4,10 @@ One row per run (question, status, settings and versions, result or error) and o
 (``run_id``, ``seq``): its name, input, output, status (``pending | running | done | failed``),
 attempts, start and end, duration, tokens, the tool calls it made, and versions.
 
-Durability: WAL journal, ``synchronous=FULL``, and **one transaction per step transition**
-(begin, done, failed), so a ``kill -9`` at any instant leaves each step either as it was or
-fully moved to its next state. A step found ``running`` when a run is resumed was in flight when
+Durability: WAL journal and **one transaction per step transition** (begin, done, failed), so a
+``kill -9`` at any instant leaves each step either as it was or fully moved to its next state. With
+``sync="normal"`` (the default) a power cut may also undo the last commits (never half of one); ``"full"``
+flushes every commit to disk. A step found ``running`` when a run is resumed was in flight when
 its process died: it is redone in place (same row, ``attempts`` + 1), never duplicated; a ``done``
 step is never redone, its stored output is replayed instead.
 
@@ -17,16 +18,26 @@ until a person approves or rejects it), ``rejected`` (final).
 Two more tables: ``usage`` (tokens in and out and their cost, per step and model, written in the step's own
 transaction, so a replayed step is never counted twice and a redone one is counted as the spend it was) and
 ``audit`` (the decision record of a run; append-only: SQLite triggers refuse UPDATE and DELETE).
+
+Audit entries are written by one background thread per store, in the order they were appended, so that what
+an entry costs to build (the pipeline anonymises questions and answers with Presidio) stays off a run's path:
+:meth:`RunStore.audit` and :meth:`RunStore.close` wait for the queue, and so does the interpreter's exit. An
+entry appended in the milliseconds before a ``kill -9`` can be lost; the run's own rows cannot.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -36,6 +47,10 @@ from pydantic import BaseModel, Field
 from core.errors import Conflict, NotFound
 
 __all__ = ["AuditEntry", "RunRecord", "RunStore", "StepRecord", "Usage", "default_db_path"]
+
+log = logging.getLogger(__name__)
+
+AuditPayload = dict[str, Any] | Callable[[], dict[str, Any]]
 
 RunStatus = Literal["running", "failed", "tripped", "done", "awaiting_approval", "rejected"]
 StepStatus = Literal["pending", "running", "done", "failed"]
@@ -176,14 +191,17 @@ def _load(text: str | None) -> Any:
 class RunStore:
     """The SQLite store of runs and steps. One connection per store; use one store per thread."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, sync: Literal["normal", "full"] = "normal") -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()  # one transaction at a time on the shared connection
+        self._audit_queue: queue.Queue[tuple[str, str, AuditPayload, float] | None] = queue.Queue()
+        self._audit_writer: threading.Thread | None = None
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA synchronous=" + {"normal": "NORMAL", "full": "FULL"}[sync])
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._tx() as c:  # not executescript: it commits on its own
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";\n"))):
@@ -191,6 +209,12 @@ class RunStore:
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
+        """Write the queued audit entries, then close the connection."""
+        writer = self._audit_writer
+        if writer is not None:
+            self._audit_queue.put(None)
+            writer.join()
+            self._audit_writer = None
         self._conn.close()
 
     def __enter__(self) -> Self:
@@ -202,13 +226,20 @@ class RunStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: writers queue instead of failing half-way)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = (), *, one: bool = False) -> Any:
+        """One query, never inside another thread's open transaction on the shared connection."""
+        with self._lock:
+            cur = self._conn.execute(sql, args)
+            return cur.fetchone() if one else cur.fetchall()
 
     # ---------------------------------------------------------------- runs
 
@@ -257,7 +288,7 @@ class RunStore:
                 raise Conflict(f"run {run_id} does not await approval (any more)")
 
     def get_run(self, run_id: str, *, steps: bool = False) -> RunRecord:
-        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._read("SELECT * FROM runs WHERE id = ?", (run_id,), one=True)
         if row is None:
             raise NotFound(f"no run {run_id!r}; `guardrag runs list` shows the runs")
         run = _run(row)
@@ -270,17 +301,17 @@ class RunStore:
         sql, args = "SELECT * FROM runs", []
         if status:
             sql, args = sql + " WHERE status = ?", [status]
-        rows = self._conn.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._read(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_run(r) for r in rows]
 
     # ---------------------------------------------------------------- steps
 
     def steps(self, run_id: str) -> list[StepRecord]:
-        rows = self._conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+        rows = self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY seq", (run_id,))
         return [_step(r) for r in rows]
 
     def get_step(self, run_id: str, seq: int) -> StepRecord | None:
-        row = self._conn.execute("SELECT * FROM steps WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
+        row = self._read("SELECT * FROM steps WHERE run_id = ? AND seq = ?", (run_id, seq), one=True)
         return None if row is None else _step(row)
 
     def begin_step(self, run_id: str, seq: int, name: str, input: Any) -> StepRecord:
@@ -350,26 +381,74 @@ class RunStore:
             sql, args = sql + " AND run_id = ?", [*args, run_id]
         if since is not None:
             sql, args = sql + " AND at >= ?", [*args, since]
-        return [dict(r) for r in self._conn.execute(sql + " ORDER BY at, rowid", args).fetchall()]
+        return [dict(r) for r in self._read(sql + " ORDER BY at, rowid", args)]
 
     def cost_since(self, since: float) -> float:
         """Total cost of everything spent since ``since`` (epoch seconds), all runs."""
-        row = self._conn.execute("SELECT COALESCE(SUM(cost), 0) AS c FROM usage WHERE at >= ?", (since,)).fetchone()
+        row = self._read("SELECT COALESCE(SUM(cost), 0) AS c FROM usage WHERE at >= ?", (since,), one=True)
         return float(row["c"])
 
     # ---------------------------------------------------------------- audit
 
-    def append_audit(self, run_id: str, kind: str, payload: dict[str, Any]) -> None:
-        """Append one entry to a run's audit trail (never changed or deleted afterwards)."""
-        with self._tx() as c:
-            c.execute("INSERT INTO audit (run_id, at, kind, payload) VALUES (?, ?, ?, ?)",
-                      (run_id, time.time(), kind, _dump(payload)))
+    def append_audit(self, run_id: str, kind: str, payload: AuditPayload) -> None:
+        """Append one entry to a run's audit trail (never changed or deleted afterwards). It is queued and written
+        by the store's audit thread, in append order, stamped with the time of this call; a ``payload`` given as a
+        function is called there. A payload that cannot be built is recorded as an ``audit_error`` entry."""
+        if self._audit_writer is None:
+            with self._lock:
+                if self._audit_writer is None:
+                    self._audit_writer = threading.Thread(target=self._write_audit, name="guardrag-audit",
+                                                          daemon=True)
+                    self._audit_writer.start()
+                    _OPEN.add(self)
+        self._audit_queue.put((run_id, kind, payload, time.time()))
 
-    def audit(self, run_id: str) -> list[AuditEntry]:
-        """A run's audit trail, in order."""
-        rows = self._conn.execute("SELECT * FROM audit WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+    def flush_audit(self) -> None:
+        """Wait until every queued audit entry is written."""
+        if self._audit_writer is not None and self._audit_writer is not threading.current_thread():
+            self._audit_queue.join()
+
+    def _write_audit(self) -> None:
+        while True:
+            item = self._audit_queue.get()
+            try:
+                if item is None:
+                    return
+                run_id, kind, payload, at = item
+                try:
+                    built = payload() if callable(payload) else payload
+                except Exception as exc:  # noqa: BLE001 - recorded in the trail itself: it must show the gap
+                    log.exception("could not build the %s audit entry of run %s", kind, run_id)
+                    kind, built = "audit_error", {"entry": kind, "error": type(exc).__name__}
+                try:
+                    with self._tx() as c:
+                        c.execute("INSERT INTO audit (run_id, at, kind, payload) VALUES (?, ?, ?, ?)",
+                                  (run_id, at, kind, _dump(built)))
+                except Exception:  # noqa: BLE001 - the thread must live on for the next entries
+                    log.exception("could not write the %s audit entry of run %s", kind, run_id)
+            finally:
+                self._audit_queue.task_done()
+
+    def audit(self, run_id: str, *, wait: bool = True) -> list[AuditEntry]:
+        """A run's audit trail, in order; ``wait``: after the queued entries are written."""
+        if wait:
+            self.flush_audit()
+        rows = self._read("SELECT * FROM audit WHERE run_id = ? ORDER BY id", (run_id,))
         return [AuditEntry(id=r["id"], run_id=r["run_id"], at=r["at"], kind=r["kind"], payload=_load(r["payload"]) or {})
                 for r in rows]
+
+
+_OPEN: weakref.WeakSet[RunStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_stores() -> None:
+    """At exit, write what the audit threads still hold (they are daemons: nothing else waits for them)."""
+    for store in list(_OPEN):
+        try:
+            store.flush_audit()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            log.exception("could not flush the audit entries of %s", store.path)
 
 
 def _alive(pid: int) -> bool:

@@ -905,7 +905,15 @@ class RetrievalEngine:
         return DocumentPage(collection=collection, documents=docs, total=total,
                             next_cursor=encode_cursor(end) if end < total else None)
 
-    def list_collections(self) -> list[CollectionInfo]:
+    def list_collections(self, name: str | None = None) -> list[CollectionInfo]:
+        """The collections with their chunk counts and index generations; ``name``: only that one (an empty list
+        when it does not exist)."""
+        if name is not None:
+            try:
+                c = self._client.get_collection(name)
+            except Exception:  # noqa: BLE001 - Chroma raises NotFoundError, or ValueError on older versions
+                return []
+            return [CollectionInfo(name=name, chunks=c.count(), generation=(c.metadata or {}).get("guardrag_gen"))]
         out = []
         for col in self._client.list_collections():
             name = col.name if hasattr(col, "name") else str(col)

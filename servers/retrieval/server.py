@@ -199,9 +199,13 @@ def build_server(settings: Settings | None = None, engine: RetrievalEngine | Non
         return await call_engine(engine.list_documents, collection or default, limit=limit, cursor=cursor, where=filter)
 
     @mcp.tool(annotations=READ_ONLY)
-    async def list_collections() -> CollectionList:
-        """List the collections with their chunk counts."""
-        return CollectionList(collections=await call_engine(engine.list_collections))
+    async def list_collections(
+        name: Annotated[str | None, Field(description="Only this collection (an empty list when it does not "
+                                          "exist); omit for all.", max_length=512)] = None,
+    ) -> CollectionList:
+        """List the collections with their chunk counts and index generations (a generation changes with every
+        ingest or delete)."""
+        return CollectionList(collections=await call_engine(engine.list_collections, name))
 
     @mcp.tool(annotations=READ_ONLY)
     async def stats(collection: Collection = None) -> Stats:

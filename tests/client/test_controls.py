@@ -312,15 +312,30 @@ def test_cli_approval_audit_and_stats(base, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ cache
 
 
-async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, store, tmp_path):
+async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, store, tmp_path, monkeypatch):
+    import client.pipeline as pipeline_module
+
     cached = with_(base, cache=CacheSettings(path=tmp_path / "cache.sqlite"))
     pipe = Pipeline(cached, store, pool=pool)
     first = await pipe.ask(ROTATE)
     assert first.status == "done" and not first.answer.cached and first.judge.passed
-    para = await pipe.ask("How can I rotate an API key with no downtime?")
+    store.flush_audit()
+    anonymised: list[str] = []
+    real_anon = pipeline_module._anon
+    monkeypatch.setattr(pipeline_module, "_anon", lambda text: anonymised.append(text) or real_anon(text))
+    paraphrase = "How can I rotate an API key with no downtime?"
+    para = await pipe.ask(paraphrase)
     assert para.answer.cached and para.answer.cached_from == first.run_id and para.answer.text == first.answer.text
     assert [s.name for s in store.steps(para.run_id)] == ["cache"]  # nothing else ran
-    assert any(e.kind == "cache_hit" for e in store.audit(para.run_id))
+    # The hit's audit trail: the cached question and answer come anonymised from the first run's trail; only the
+    # new question is scanned.
+    trail, orig = store.audit(para.run_id), {e.kind: e.payload for e in store.audit(first.run_id)}
+    assert [e.kind for e in trail] == ["run_started", "cache_hit", "run_finished"]
+    assert trail[1].payload["from_run"] == first.run_id
+    assert trail[1].payload["cached_question"] == orig["run_started"]["question"]
+    assert trail[2].payload["answer"] == orig["run_finished"]["answer"] and trail[2].payload["answer"]
+    assert anonymised == [paraphrase]
+    monkeypatch.setattr(pipeline_module, "_anon", real_anon)
     # A different question, and --no-cache, are not served from the cache.
     assert not (await pipe.ask("When do keys expire?")).answer.cached
     assert not (await pipe.ask(ROTATE, use_cache=False)).answer.cached

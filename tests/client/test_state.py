@@ -123,3 +123,48 @@ def test_kill_9_while_writing_leaves_whole_transitions(tmp_path: Path):
         if last.status == "running":
             store.begin_step(run_id, last.seq, "step", {})
             assert store.get_step(run_id, last.seq).attempts == 2
+
+
+def test_audit_entries_are_written_in_order_by_the_audit_thread(tmp_path: Path):
+    """Entries are queued (a payload given as a function is built on the audit thread), written in append order,
+    stamped with the time they were appended; `audit` waits for the queue, and `close` writes what is left."""
+    import threading
+
+    gate = threading.Event()
+    built_on: list[str] = []
+
+    def slow() -> dict:
+        gate.wait(10)
+        built_on.append(threading.current_thread().name)
+        return {"n": 2}
+
+    def broken() -> dict:
+        raise ValueError("secret@example.com is not anonymisable")
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run = store.create_run("q?")
+    before = time.time()
+    store.append_audit(run.id, "first", {"n": 1})
+    store.append_audit(run.id, "second", slow)
+    store.append_audit(run.id, "third", broken)
+    store.append_audit(run.id, "fourth", {"n": 4})
+    raw = sqlite3.connect(store.path)
+    assert raw.execute("SELECT COUNT(*) FROM audit").fetchone()[0] <= 1  # held behind the slow entry
+    gate.set()
+    entries = store.audit(run.id)  # waits for the queue
+    assert [e.kind for e in entries] == ["first", "second", "audit_error", "fourth"]
+    assert entries[1].payload == {"n": 2} and built_on == ["guardrag-audit"]
+    # A payload that cannot be built leaves a visible gap, without the exception's message (it may hold PII).
+    assert entries[2].payload == {"entry": "third", "error": "ValueError"}
+    assert all(before <= e.at <= time.time() for e in entries)
+    gate.clear()
+    store.append_audit(run.id, "fifth", lambda: {"n": 5})
+    store.close()  # writes the queued entry before closing
+    with RunStore(tmp_path / "runs.sqlite") as again:
+        assert [e.kind for e in again.audit(run.id)][-1] == "fifth"
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("normal", 1), ("full", 2)])
+def test_sync_mode(tmp_path: Path, sync, pragma):
+    with RunStore(tmp_path / "runs.sqlite", sync=sync) as s:
+        assert s._read("PRAGMA synchronous", one=True)[0] == pragma

@@ -285,3 +285,8 @@ def test_collection_generation_changes_with_every_write(engine):
     engine.delete_document(C, "quota")
     (third,) = engine.list_collections()
     assert third.generation not in (None, first.generation, second.generation)
+    # One collection by name (what the orchestrator's cache probes); an unknown name lists nothing.
+    engine.ingest_texts("other", [TextItem(text="Another collection.", doc_id="o")])
+    assert [c.name for c in engine.list_collections()] == [C, "other"]
+    assert engine.list_collections(C) == [third]
+    assert engine.list_collections("missing") == []
