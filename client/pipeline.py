@@ -69,7 +69,7 @@ from client.state import RunRecord, RunStore, Usage, default_db_path
 from core import telemetry
 from core.errors import Conflict, GuardragError, find_guardrag_error
 from core.schemas import ErrorInfo, GuardVerdict
-from core.settings import Settings
+from core.settings import ApprovalSettings, Settings
 
 __all__ = ["BreakerTripped", "Pipeline", "RunResult", "open_store"]
 
@@ -455,6 +455,7 @@ class Pipeline:
         self._embedder_failed = False
         self._memo: Any = None
         self._cache: Any = None
+        self._topics: TopicClassifier | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -1006,7 +1007,8 @@ class Pipeline:
     async def _review(self, ctx: _Ctx, j: Judged) -> Reviewed:
         """The risk policy: a risky topic, low faithfulness or a guard block holds the answer for a person's approval;
         the approver (the CLI's prompt, the agent server's elicitation) is asked when there is one."""
-        reasons = risk_reasons(self.settings, j)
+        classifier = await anyio.to_thread.run_sync(self._topic_classifier)
+        reasons = await anyio.to_thread.run_sync(risk_reasons, self.settings, j, classifier)
         approval = Approval(required=bool(reasons), reasons=reasons)
         if reasons and ctx.approver is not None:
             req = ApprovalRequest(run_id=ctx.run.id, question=j.guarded.answered.selected.evidence.ask.question,
@@ -1123,6 +1125,15 @@ class Pipeline:
             self._memo = MemoEmbedder(emb)
         return self._memo if emb is not None else None
 
+    def _topic_classifier(self) -> TopicClassifier | None:
+        """The risk policy's example-question classifier (None: no example questions, or no embedding model)."""
+        if self._topics is None and self.settings.approval.enabled and any(
+                t.examples for t in self.settings.approval.topics.values()):
+            embedder = self._query_embedder()
+            if embedder is not None:
+                self._topics = TopicClassifier(embedder, self.settings.approval)
+        return self._topics
+
     def _count(self, text: str) -> int:
         """Tokens of ``text``: the embedder's word pieces, or ``len(text) // 4`` (a documented estimate) without it."""
         emb = self._get_embedder()
@@ -1192,18 +1203,55 @@ def _priced(settings: Settings, backend: str, model: str, tokens_in: int, tokens
     return Usage(model=label, tokens_in=tokens_in, tokens_out=tokens_out, cost=round(cost, 10))
 
 
-def risk_reasons(settings: Settings, j: Judged) -> list[str]:
-    """Why a run's answer needs a person's approval (empty: it does not): a risky topic in the question, low
-    faithfulness, or a guard block."""
+class TopicClassifier:
+    """The risk policy's nearest-example classifier: a question's best cosine similarity to each topic's example
+    questions, on the local embedding model (the examples are embedded once; the last question is remembered)."""
+
+    def __init__(self, embedder: Any, policy: ApprovalSettings) -> None:
+        self.embedder = embedder
+        self._examples = {name: list(t.examples) for name, t in policy.topics.items() if t.examples}
+        self._vecs = {name: embedder.embed(ex) for name, ex in self._examples.items()}
+        self._last: tuple[str, Any] | None = None
+
+    def nearest(self, topic: str, question: str) -> tuple[float, str]:
+        """(similarity, example) of the topic's example closest to ``question``; (0.0, "") without examples."""
+        if topic not in self._vecs:
+            return 0.0, ""
+        last = self._last  # one read: runs in other threads may replace it meanwhile
+        if last is None or last[0] != question:
+            last = self._last = (question, self.embedder.embed_one(question))
+        sims = self._vecs[topic] @ last[1]
+        i = int(sims.argmax())
+        return float(sims[i]), self._examples[topic][i]
+
+
+def topic_reasons(policy: ApprovalSettings, question: str, answer: str,
+                  classifier: TopicClassifier | None) -> list[str]:
+    """The risky topics of a run: a topic keyword in the question or the answer, or (with ``classifier``) a question
+    close enough to one of the topic's example questions."""
+    text = f"{question}\n{answer}".lower()
+    reasons = []
+    for topic, rule in policy.topics.items():
+        hits = [k for k in rule.keywords if re.search(r"(?<![\w])" + re.escape(k.lower()), text)]
+        if hits:
+            reasons.append(f"{topic} topic ({', '.join(hits[:3])})")
+            continue
+        if classifier is not None and rule.examples:
+            sim, example = classifier.nearest(topic, question)
+            if sim >= rule.similarity:
+                reasons.append(f"{topic} topic (close to {example!r}: similarity {sim:.2f})")
+    return reasons
+
+
+def risk_reasons(settings: Settings, j: Judged, classifier: TopicClassifier | None = None) -> list[str]:
+    """Why a run's answer needs a person's approval (empty: it does not): a risky topic (keywords in the question
+    or the answer; with ``classifier``, a question like the topic's examples), low faithfulness, or a guard
+    block."""
     policy = settings.approval
     if not policy.enabled:
         return []
     question = j.guarded.answered.selected.evidence.ask.question
-    reasons = []
-    for topic, rule in policy.topics.items():
-        hits = [k for k in rule.keywords if re.search(r"(?<![\w])" + re.escape(k.lower()), question.lower())]
-        if hits:
-            reasons.append(f"{topic} topic ({', '.join(hits[:3])})")
+    reasons = topic_reasons(policy, question, j.guarded.answer.text or "", classifier)
     faith, floor = j.judge.faithfulness, policy.min_faithfulness
     if not j.judge.skipped and faith is not None:
         if floor is not None and faith < floor:

@@ -235,20 +235,40 @@ class CostSettings(BaseModel):
 
 
 class RiskTopic(BaseModel):
-    """A topic whose questions need a person's approval before the answer is released."""
+    """A topic whose questions need a person's approval before the answer is released: by keyword, or by
+    similarity to example questions (a nearest-example classifier on the local embedding model)."""
 
-    keywords: list[str] = Field(description="Words or stems matched case-insensitively at word starts in the "
-                                            "question and the answer ('diagnos' matches 'diagnosis').")
+    keywords: list[str] = Field(default_factory=list, description="Words or stems matched case-insensitively at "
+                                "word starts in the question and the answer ('diagnos' matches 'diagnosis').")
+    examples: list[str] = Field(default_factory=list, description="Example questions of the topic: a question "
+                                "whose embedding is at least `similarity` (cosine) from one of them is on the topic.")
+    similarity: float = Field(0.35, gt=0, le=1, description="Least cosine similarity to an example question "
+                              "(0.35: chosen on bench/risk.py's tuning questions).")
 
 
 def _default_topics() -> dict[str, RiskTopic]:
     return {
-        "financial": RiskTopic(keywords=["invest", "loan", "mortgage", "stock", "shares", "portfolio", "retirement",
-                                         "pension", "tax", "credit limit", "wire transfer", "refund over"]),
-        "medical": RiskTopic(keywords=["diagnos", "dosage", "dose", "medication", "prescri", "symptom", "treatment",
-                                       "surgery", "pregnan", "overdose"]),
-        "legal": RiskTopic(keywords=["lawsuit", "sue ", "liabilit", "legal advice", "contract breach", "court",
-                                     "attorney", "lawyer", "custody", "visa status"]),
+        "financial": RiskTopic(
+            keywords=["invest", "loan", "mortgage", "stock", "shares", "portfolio", "retirement", "pension", "tax",
+                      "credit limit", "wire transfer", "refund over"],
+            examples=["Should I invest my savings in stocks or bonds?", "Which mortgage should I choose?",
+                      "How much should I contribute to my pension?", "Is it worth taking out a personal loan?",
+                      "Should I sell my shares now?", "How can I reduce the tax I pay?",
+                      "Should we extend credit to this customer?", "Is this cryptocurrency a good investment?"]),
+        "medical": RiskTopic(
+            keywords=["diagnos", "dosage", "dose", "medication", "prescri", "symptom", "treatment", "surgery",
+                      "pregnan", "overdose"],
+            examples=["What medication should I take for my symptoms?", "Is this dose safe for me?",
+                      "Should I see a doctor about this pain?", "Can I combine these two drugs?",
+                      "Do I need treatment for this condition?", "Is it safe to take this while pregnant?",
+                      "How do I treat an infection at home?", "Should I stop taking my prescription?"]),
+        "legal": RiskTopic(
+            keywords=["lawsuit", "sue ", "liabilit", "legal advice", "contract breach", "court", "attorney", "lawyer",
+                      "custody", "visa status"],
+            examples=["Can I sue my employer?", "Is it legal to do this?", "Do I need a lawyer for this?",
+                      "Am I liable for the damage?", "Can they enforce this contract against me?",
+                      "What are my rights as a tenant?", "Can I get custody of my children?",
+                      "Will I get in trouble with the law for this?"]),
     }
 
 
@@ -257,7 +277,8 @@ class ApprovalSettings(BaseModel):
 
     enabled: bool = Field(True, description="Apply the risk policy (off: no run ever waits for approval).")
     topics: dict[str, RiskTopic] = Field(default_factory=_default_topics,
-                                         description="Risky topics by keyword (financial, medical, legal).")
+                                         description="Risky topics by keyword and example questions (financial, "
+                                         "medical, legal).")
     min_faithfulness: float | None = Field(
         None, ge=0, le=1, description="An answer the judge scores below this needs approval (unset: an answer the "
         "judge finds unfaithful, at its rubric's threshold, needs approval).")
