@@ -189,7 +189,8 @@ def _load(text: str | None) -> Any:
 
 
 class RunStore:
-    """The SQLite store of runs and steps. One connection per store; use one store per thread."""
+    """The SQLite store of runs and steps. One connection per store, shared by the threads that use the store (a
+    lock keeps their transactions apart) and by its audit thread."""
 
     def __init__(self, path: Path | str, *, sync: Literal["normal", "full"] = "normal") -> None:
         self.path = Path(path)
