@@ -20,6 +20,13 @@ warm-up pass), in one process, with the real embedder in two configurations (the
 single-threaded session, which is faster for one short text on a small busy machine); the first lookup of the scope
 (vectors loaded from SQLite) is reported apart. The acceptance figure is the p95 over the paraphrase probes (short
 questions, as users ask them); the p95 over all probes (with the longer SciFact claims) is reported too. A threshold sweep (embedding similarity alone) shows the trade-off.
+
+**End to end** (``--e2e-rounds``, default 5; 0 skips): ``examples/`` is ingested into a temporary data dir and the
+orchestrator runs with real retrieval, graph and judge servers over stdio and the default settings (cache on).
+Each question of ``E2E_PAIRS`` is asked once (the whole pipeline; its answer is cached when it passes the judge),
+then its paraphrase is asked and timed: the wall time of ``Pipeline.ask`` (run record, cache step with the
+index-version probe over MCP, result), with the audit thread drained and ``--gap`` seconds idle before each
+request (``idle``), and with requests back to back. Also the cache step's own time.
 Prints tables, writes ``bench/results/cache.json``.
 """
 
