@@ -456,6 +456,7 @@ class Pipeline:
         self._memo: Any = None
         self._cache: Any = None
         self._topics: TopicClassifier | None = None
+        self._qembedder: Any = None
 
     # ------------------------------------------------------------------ public
 
@@ -787,7 +788,7 @@ class Pipeline:
         """Look the question up in the semantic cache, in the scope of this collection's current index version and
         this install's policies (an ingest or delete changes the version: nothing older is served)."""
         name = ask.collection or self.settings.retrieval.collection
-        embedder = await anyio.to_thread.run_sync(self._query_embedder)
+        embedder = self._qembedder or await anyio.to_thread.run_sync(self._query_embedder)  # loaded once
         if embedder is None:
             return Cached(ask=ask, reason="no embedding model")
         vec: list[Any] = []
@@ -1110,11 +1111,13 @@ class Pipeline:
 
     def _query_embedder(self) -> Any:
         """The session that embeds questions for the cache (``cache.embed_threads``), or None without the model."""
-        if self.settings.cache.embed_threads is None or self._get_embedder() is None:
-            return self._get_embedder()
-        from core.embedder import get_embedder
+        if self._qembedder is None:
+            if self.settings.cache.embed_threads is None or self._get_embedder() is None:
+                return self._get_embedder()
+            from core.embedder import get_embedder
 
-        return get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads)
+            self._qembedder = get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads)
+        return self._qembedder
 
     def _get_memo(self) -> Any:
         """The embedder behind a sentence-vector memo, shared by compression and the extractive answerer."""
