@@ -186,6 +186,7 @@ class RetrievalEngine:
         self._collections: dict[str, Any] = {}
         self._checked: dict[str, float] = {}
         self._lock = threading.RLock()
+        self._counts: dict[str, tuple[str, int]] = {}  # collection -> (generation, chunks), see _info
         self.repairs: list[str] = self.recover() if recover else []
 
     # ---------------------------------------------------------------- plumbing
@@ -913,13 +914,24 @@ class RetrievalEngine:
                 c = self._client.get_collection(name)
             except Exception:  # noqa: BLE001 - Chroma raises NotFoundError, or ValueError on older versions
                 return []
-            return [CollectionInfo(name=name, chunks=c.count(), generation=(c.metadata or {}).get("guardrag_gen"))]
+            return [self._info(name, c)]
         out = []
         for col in self._client.list_collections():
             name = col.name if hasattr(col, "name") else str(col)
-            c = self._client.get_collection(name)
-            out.append(CollectionInfo(name=name, chunks=c.count(), generation=(c.metadata or {}).get("guardrag_gen")))
+            out.append(self._info(name, self._client.get_collection(name)))
         return sorted(out, key=lambda c: c.name)
+
+    def _info(self, name: str, col: Any) -> CollectionInfo:
+        """A collection's info; its chunk count is remembered per generation (every committed write, by any
+        process, stamps a new one), so a probe of an unchanged collection does not count it again."""
+        gen = (col.metadata or {}).get("guardrag_gen")
+        known = self._counts.get(name)
+        if gen is not None and known is not None and known[0] == gen:
+            return CollectionInfo(name=name, chunks=known[1], generation=gen)
+        chunks = col.count()
+        if gen is not None:
+            self._counts[name] = (gen, chunks)
+        return CollectionInfo(name=name, chunks=chunks, generation=gen)
 
     def stats(self, collection: str | None = None) -> Stats:
         names = [collection] if collection else [c.name for c in self.list_collections()]

@@ -285,6 +285,8 @@ def test_collection_generation_changes_with_every_write(engine):
     engine.delete_document(C, "quota")
     (third,) = engine.list_collections()
     assert third.generation not in (None, first.generation, second.generation)
+    # The chunk count is remembered per generation: it follows every write.
+    assert second.chunks == first.chunks + 1 and third.chunks == first.chunks
     # One collection by name (what the orchestrator's cache probes); an unknown name lists nothing.
     engine.ingest_texts("other", [TextItem(text="Another collection.", doc_id="o")])
     assert [c.name for c in engine.list_collections()] == [C, "other"]
