@@ -65,7 +65,7 @@ from client.answer import (
 )
 from client.connect import ServerSpec, ToolCallError, connect, load_servers_file
 from client.connect import call as mcp_call
-from client.state import RunRecord, RunStore, Usage, default_db_path
+from client.state import AuditPayload, RunRecord, RunStore, Usage, default_db_path
 from core import telemetry
 from core.errors import Conflict, GuardragError, find_guardrag_error
 from core.schemas import ErrorInfo, GuardVerdict
@@ -515,7 +515,9 @@ class Pipeline:
                     final = self._finish_failed(ctx, exc)
                 else:
                     if isinstance(outcome, Cached):
-                        final = await anyio.to_thread.run_sync(self._finish_cached, ctx, outcome)
+                        final, entries = await anyio.to_thread.run_sync(self._finish_cached, ctx, outcome)
+                        for kind, payload in entries:  # queued last: their building starts with the answer ready
+                            self._audit(run.id, kind, payload)
                     else:
                         final = await anyio.to_thread.run_sync(self._finish_reviewed, ctx, outcome)
         except Exception as exc:  # noqa: BLE001 - a server that died makes its client's exit raise; state is recorded
@@ -848,7 +850,8 @@ class Pipeline:
                                         threshold=c.threshold)
         return self._cache
 
-    def _finish_cached(self, ctx: _Ctx, c: Cached) -> RunResult:
+    def _finish_cached(self, ctx: _Ctx, c: Cached) -> tuple[RunResult, list[tuple[str, AuditPayload]]]:
+        """Finish a run served from the cache; returns its result and the audit entries to queue."""
         run = self.store.get_run(ctx.run.id, steps=True)
         res = RunResult.model_validate(c.value)
         answer = res.answer.model_copy(update={"cached": True, "cached_from": c.from_run}) if res.answer else None
@@ -856,7 +859,10 @@ class Pipeline:
                                      "tokens": ctx.budget.tokens, "cost": 0.0, "steps": _summaries(run),
                                      "rounds": 0})
         self.store.finish_run(run.id, "done", result=res)
-        self._audit_started(ctx)
+        entries = []
+        if not ctx.audit_started:
+            ctx.audit_started = True
+            entries.append(self._start_entry(ctx.run))
         # The run that answered first holds the same question and answer anonymised in its audit trail: reuse them
         # (checked by hash) rather than scanning both again. The audit thread builds this entry after writing the
         # entries queued before it, the first run's included.
@@ -874,9 +880,7 @@ class Pipeline:
             same = finished.get("answer_sha256") == _sha(text) and "answer" in finished
             return finished["answer"] if same else _anon(text)
 
-        self._audit(run.id, "cache_hit", cache_hit)
-        self._audit_finish(res, held=False, anon=answer_anon)
-        return res
+        return res, [*entries, ("cache_hit", cache_hit), self._finish_entry(res, held=False, anon=answer_anon)]
 
     async def _answer(self, ctx: _Ctx, sel: Selected) -> Answered:
         """The answer chain: each configured model in order, then the offline extractive answerer, then the static
@@ -1142,7 +1146,7 @@ class Pipeline:
         emb = self._get_embedder()
         return emb.count_tokens(text) if emb is not None else max(1, len(text) // 4)
 
-    def _audit(self, run_id: str, kind: str, payload: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+    def _audit(self, run_id: str, kind: str, payload: AuditPayload) -> None:
         """Queue an audit entry; a payload given as a function (one that anonymises text) is built by the store's
         audit thread, off the run's path."""
         self.store.append_audit(run_id, kind, payload)
@@ -1154,13 +1158,21 @@ class Pipeline:
             self._audit_start(ctx.run)
 
     def _audit_start(self, run: RunRecord) -> None:
+        self._audit(run.id, *self._start_entry(run))
+
+    def _start_entry(self, run: RunRecord) -> tuple[str, AuditPayload]:
+        """The run's first audit entry (the question anonymised when the audit thread builds it)."""
         settings = json.dumps(run.settings, sort_keys=True, default=str)
         fixed = {"question_sha256": _sha(run.question), "collection": run.settings.get("collection"),
                  "settings_sha256": _sha(settings), "versions": run.versions,
                  "answer_prompt_sha256": _sha(SYSTEM_PROMPT)}
-        self._audit(run.id, "run_started", lambda: {"question": _anon(run.question), **fixed})
+        return "run_started", lambda: {"question": _anon(run.question), **fixed}
 
-    def _audit_finish(self, res: RunResult, *, held: bool, anon: Callable[[str], str] | None = None) -> None:
+    def _audit_finish(self, res: RunResult, *, held: bool) -> None:
+        self._audit(res.run_id, *self._finish_entry(res, held=held))
+
+    def _finish_entry(self, res: RunResult, *, held: bool,
+                      anon: Callable[[str], str] | None = None) -> tuple[str, AuditPayload]:
         """The run's last audit entry. ``anon`` anonymises the answer (default: the PII scanner)."""
         ans = res.answer
         text = ans.text if ans is not None and ans.text else None
@@ -1168,7 +1180,7 @@ class Pipeline:
                  "answer_sha256": _sha(text) if text else None,
                  "answer_error": ans.error.code if ans is not None and ans.error else None,
                  "answer_held": held, "error": res.error.model_dump(mode="json") if res.error else None}
-        self._audit(res.run_id, "run_finished", lambda: {"answer": (anon or _anon)(text) if text else None, **fixed})
+        return "run_finished", lambda: {"answer": (anon or _anon)(text) if text else None, **fixed}
 
     def _versions(self) -> dict[str, Any]:
         from guards import injection, pii
