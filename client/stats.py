@@ -63,9 +63,9 @@ def _latency(values: list[float], errors: int = 0) -> Latency:
 
 def compute_stats(store: RunStore, *, since: float | None = None) -> Stats:
     """Metrics over the runs created since ``since`` (epoch seconds; None: all)."""
-    conn = store._conn
+    read = store._read  # the store's locked reads: its audit thread shares the connection
     since_v = since if since is not None else 0.0
-    runs = conn.execute("SELECT id, status, result FROM runs WHERE created_at >= ?", (since_v,)).fetchall()
+    runs = read("SELECT id, status, result FROM runs WHERE created_at >= ?", (since_v,))
     statuses: dict[str, int] = defaultdict(int)
     cache_hits = cache_lookups = 0
     approvals: dict[str, int] = defaultdict(int)
@@ -78,9 +78,9 @@ def compute_stats(store: RunStore, *, since: float | None = None) -> Stats:
         appr = (result or {}).get("approval") or {}
         if appr.get("required"):
             approvals[appr.get("decision") or "awaiting"] += 1
-    rows = conn.execute(
+    rows = read(
         "SELECT s.run_id, s.name, s.status, s.duration_ms, s.tokens, s.timings, s.started_at, s.ended_at "
-        "FROM steps s JOIN runs r ON r.id = s.run_id WHERE r.created_at >= ?", (since_v,)).fetchall()
+        "FROM steps s JOIN runs r ON r.id = s.run_id WHERE r.created_at >= ?", (since_v,))
     step_ms: dict[str, list[float]] = defaultdict(list)
     step_err: dict[str, int] = defaultdict(int)
     tool_ms: dict[str, list[float]] = defaultdict(list)
@@ -108,8 +108,8 @@ def compute_stats(store: RunStore, *, since: float | None = None) -> Stats:
             spans[s["run_id"]] = [min(lo, s["started_at"]), max(hi, s["ended_at"])]
     finished = {r["id"] for r in runs if r["status"] in ("done", "tripped", "rejected", "awaiting_approval")}
     e2e = [(hi - lo) * 1000 for rid, (lo, hi) in spans.items() if rid in finished]
-    usage = conn.execute("SELECT model, cost, priced, at FROM usage u JOIN runs r ON r.id = u.run_id "
-                         "WHERE r.created_at >= ?", (since_v,)).fetchall()
+    usage = read("SELECT model, cost, priced, at FROM usage u JOIN runs r ON r.id = u.run_id "
+                 "WHERE r.created_at >= ?", (since_v,))
     by_model: dict[str, float] = defaultdict(float)
     by_day: dict[str, float] = defaultdict(float)
     unpriced = 0
