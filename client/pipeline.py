@@ -457,6 +457,7 @@ class Pipeline:
         self._cache: Any = None
         self._topics: TopicClassifier | None = None
         self._qembedder: Any = None
+        self._sembedder: Any = None
 
     # ------------------------------------------------------------------ public
 
@@ -805,7 +806,7 @@ class Pipeline:
         info = next((c for c in listed.get("collections", []) if c.get("name") == name), None)
         if info is None or not info.get("generation"):
             return Cached(ask=ask, reason=f"collection {name!r} has no index version yet")
-        scope = self._cache_scope(name, info["generation"])
+        scope = self._cache_scope(name, info["generation"], embedder.model_sha256)
         cache = self._get_cache()
         hit = await anyio.to_thread.run_sync(lambda: cache.lookup(vec[0], scope, question=ask.question))
         if hit is None:
@@ -813,9 +814,10 @@ class Pipeline:
         return Cached(ask=ask, hit=True, scope=scope, from_run=hit.run_id, similarity=round(hit.similarity, 4),
                       cached_question=hit.question, value=hit.value)
 
-    def _cache_scope(self, collection: str, generation: str) -> dict[str, Any]:
+    def _cache_scope(self, collection: str, generation: str, embedder: str) -> dict[str, Any]:
         a = self.settings.agent
         return {"collection": collection, "generation": generation, "versions": self._versions(),
+                "embedder": embedder,  # the vectors of two models are not compared
                 "llm": [e.label for e in self.settings.llm.chain()],
                 "agent": {"k": a.k, "use_graph": a.use_graph, "max_rounds": a.max_rounds,
                           "context_tokens": a.context_tokens, "compress": a.compress,
@@ -1113,14 +1115,34 @@ class Pipeline:
                 self._embedder_failed = True
         return self._embedder
 
-    def _query_embedder(self) -> Any:
-        """The session that embeds questions for the cache (``cache.embed_threads``), or None without the model."""
-        if self._qembedder is None:
+    def _small_embedder(self) -> Any:
+        """A session for one short text at a time (``cache.embed_threads``; unset: the pipeline's), float model;
+        None without the model."""
+        if self._sembedder is None:
             if self.settings.cache.embed_threads is None or self._get_embedder() is None:
                 return self._get_embedder()
             from core.embedder import get_embedder
 
-            self._qembedder = get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads)
+            self._sembedder = get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads)
+        return self._sembedder
+
+    def _query_embedder(self) -> Any:
+        """The session that embeds questions for the cache: the int8 model when ``cache.quantized`` and installed,
+        else :meth:`_small_embedder`; None without the model."""
+        if self._qembedder is None:
+            emb = self._small_embedder()
+            if emb is None:
+                return None
+            if self.settings.cache.quantized:
+                from core.embedder import get_embedder
+
+                try:
+                    emb = get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads,
+                                       quantized=True)
+                except GuardragError as exc:
+                    log.warning("the semantic cache embeds with the float model: %s", exc.message)
+            _ = emb.model_sha256  # hashed once here, off the lookup's path (it scopes the entries)
+            self._qembedder = emb
         return self._qembedder
 
     def _get_memo(self) -> Any:
@@ -1136,7 +1158,7 @@ class Pipeline:
         """The risk policy's example-question classifier (None: no example questions, or no embedding model)."""
         if self._topics is None and self.settings.approval.enabled and any(
                 t.examples for t in self.settings.approval.topics.values()):
-            embedder = self._query_embedder()
+            embedder = self._small_embedder()  # the float model: the topic threshold was tuned on its vectors
             if embedder is not None:
                 self._topics = TopicClassifier(embedder, self.settings.approval)
         return self._topics

@@ -7,6 +7,10 @@ mask, L2 normalisation, float32. Unlike Chroma's function it keeps one
 ``InferenceSession`` for its lifetime and pads each batch to its longest input
 instead of to 256 tokens, which makes short queries several times faster.
 
+``quantized=True`` runs ``model_int8.onnx`` instead (written by ``guardrag models install``; about 1.5x faster on
+one short text, vectors with a cosine of about 0.99 with the float model's): for a caller that compares only vectors
+of its own, like the semantic cache.
+
 No torch, transformers or sentence-transformers at run time.
 """
 
@@ -28,6 +32,7 @@ from tokenizers import Tokenizer
 
 from core.models import (
     MODEL_ID,
+    QUANTIZED_FILE,
     REQUIRED_FILES,
     ModelNotInstalledError,
     find_model,
@@ -50,13 +55,17 @@ class Embedder:
     ``core.models.find_model``: our dir first, then Chroma's cache). Raises
     ``ModelNotInstalledError`` if the model files are missing.
 
+    ``quantized`` loads ``model_int8.onnx`` (``ModelNotInstalledError`` when it is missing); ``onnx_file`` loads
+    another graph of the same model (used to check a quantised candidate before it is installed).
+
     Thread-safe: ``embed`` may be called from several threads at once.
     """
 
     dim: int = 384
     model_id: str = MODEL_ID
 
-    def __init__(self, model_dir: Path, *, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(self, model_dir: Path, *, threads: int | None = None, batch_size: int = 32,
+                 quantized: bool = False, onnx_file: Path | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_dir = Path(model_dir).expanduser()
@@ -66,6 +75,11 @@ class Embedder:
             raise ModelNotInstalledError(self.model_dir, [n for n in REQUIRED_FILES if not (ours / n).is_file()])
         self.path: Path = folder
         """Folder holding model.onnx and tokenizer.json."""
+        self.onnx_file: Path = onnx_file or folder / (QUANTIZED_FILE if quantized else "model.onnx")
+        """The ONNX graph this embedder runs."""
+        if not self.onnx_file.is_file():
+            raise ModelNotInstalledError(self.model_dir, [self.onnx_file.name])
+        self.quantized = quantized
         self.batch_size = batch_size
         self.threads = threads
 
@@ -82,12 +96,13 @@ class Embedder:
         if threads is not None:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(
-            str(folder / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+            str(self.onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Embedder(model_id={self.model_id!r}, path={str(self.path)!r}, batch_size={self.batch_size})"
+        return (f"Embedder(model_id={self.model_id!r}, onnx_file={str(self.onnx_file)!r}, "
+                f"batch_size={self.batch_size})")
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -96,8 +111,8 @@ class Embedder:
 
     @cached_property
     def model_sha256(self) -> str:
-        """SHA-256 of the ONNX file, computed on first access."""
-        return sha256_file(self.path / "model.onnx")
+        """SHA-256 of the ONNX file this embedder runs, computed on first access."""
+        return sha256_file(self.onnx_file)
 
     def count_tokens(self, text: str) -> int:
         """Number of word pieces in ``text``, without special tokens and without truncation."""
@@ -143,15 +158,15 @@ class Embedder:
         return (pooled / norms).astype(np.float32)
 
 
-_cache: dict[tuple[Path, int | None], Embedder] = {}
+_cache: dict[tuple[Path, int | None, bool], Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def get_embedder(model_dir: Path, *, threads: int | None = None) -> Embedder:
+def get_embedder(model_dir: Path, *, threads: int | None = None, quantized: bool = False) -> Embedder:
     """Return the process-wide ``Embedder`` for ``model_dir`` (created once, then reused)."""
-    key = (Path(model_dir).expanduser().resolve(), threads)
+    key = (Path(model_dir).expanduser().resolve(), threads, quantized)
     with _cache_lock:
         embedder = _cache.get(key)
         if embedder is None:
-            embedder = _cache[key] = Embedder(key[0], threads=threads)
+            embedder = _cache[key] = Embedder(key[0], threads=threads, quantized=quantized)
         return embedder

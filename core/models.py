@@ -10,6 +10,12 @@ model files in place, in the same layout as Chroma's own cache
 
 so that Chroma's ``ONNXMiniLM_L6_V2`` can run the very same files.
 
+It also writes ``model_int8.onnx``, a dynamically quantised copy (int8 weights,
+per-channel, ``onnxruntime.quantization``), which embeds a short text about
+1.5x faster; the semantic cache uses it (``cache.quantized``). Its vectors are
+not the float model's (cosine about 0.99 with them), so a caller never mixes the
+two in one index.
+
 ``install_model`` tries, in order:
 
 1. files already in place (our model dir), or a copy from Chroma's cache;
@@ -42,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from core.errors import GuardragError, Unavailable
@@ -53,10 +60,12 @@ __all__ = [
     "ModelStatus",
     "chroma_cache_dir",
     "default_model_dir",
+    "QUANTIZED_FILE",
     "find_model",
     "install_model",
     "model_files_dir",
     "model_status",
+    "quantize_model",
     "sha256_file",
 ]
 
@@ -76,6 +85,13 @@ MODEL_FILES: tuple[str, ...] = (
     "vocab.txt",
 )
 """Files Chroma's ``ONNXMiniLM_L6_V2`` checks for before it would download."""
+QUANTIZED_FILE = "model_int8.onnx"
+"""The int8 copy of ``model.onnx`` (in our model dir only, never in Chroma's cache)."""
+QUANTIZATION: Mapping[str, Any] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+                                   "per_channel": True, "reduce_range": True, "pre_process": True}
+"""How ``model_int8.onnx`` is made (recorded in the manifest)."""
+QUANTIZED_MIN_COSINE = 0.97
+"""The int8 model is refused when a check text's vector has a lower cosine with the float model's."""
 
 HF_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 HF_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
@@ -132,6 +148,7 @@ class ModelStatus(BaseModel):
         default=None, description="how the files got there, from guardrag-model.json"
     )
     onnx_sha256: str | None = None
+    quantized: bool = Field(default=False, description="model_int8.onnx is present next to model.onnx")
     files_present: list[str] = Field(default_factory=list)
     files_missing: list[str] = Field(default_factory=list)
 
@@ -202,6 +219,7 @@ def model_status(model_dir: Path) -> ModelStatus:
         location=location,
         source=source,
         onnx_sha256=sha256_file(found / "model.onnx"),
+        quantized=(found / QUANTIZED_FILE).is_file(),
         files_present=present,
         files_missing=missing,
     )
@@ -225,13 +243,26 @@ def install_model(
     ``allow_download`` and the network answers within 3 s); offline build in a
     throwaway venv (kept when ``keep_build_env``, for debugging).
 
+    Then, when ``model_int8.onnx`` is missing, :func:`quantize_model` writes it (a failure there is logged, not
+    raised: the float model works alone).
+
     Raises ``ModelInstallError`` on a checksum mismatch or a failed build.
     """
     model_dir = Path(model_dir).expanduser()
     target = model_files_dir(model_dir)
     if not force and _is_complete(target):
         log(f"model {MODEL_ID} already installed in {target}")
-        return target
+    else:
+        target = _install(model_dir, allow_download=allow_download, keep_build_env=keep_build_env, log=log)
+    if not (target / QUANTIZED_FILE).is_file():
+        try:
+            quantize_model(model_dir, log=log)
+        except Exception as exc:  # noqa: BLE001 - the float model works alone; the cache then uses it
+            log(f"could not quantize the model ({exc}); the semantic cache will use the float model")
+    return target
+
+
+def _install(model_dir: Path, *, allow_download: bool, keep_build_env: bool, log: Log) -> Path:
 
     cache = chroma_cache_dir()
     if _is_complete(cache):
@@ -249,6 +280,57 @@ def install_model(
             log(f"no network answer from {_CHROMA_HOST} within {_NETWORK_TIMEOUT_S:.0f} s; building offline")
 
     return _build_offline(model_dir, keep_build_env=keep_build_env, log=log)
+
+
+def quantize_model(model_dir: Path, *, log: Log = print) -> Path:
+    """Write ``model_int8.onnx`` next to the installed ``model.onnx`` (replacing any) and return its path.
+
+    Dynamic quantisation (``QUANTIZATION``), checked before it is kept: on ``_CHECK_TEXTS`` every vector must have a
+    cosine of at least ``QUANTIZED_MIN_COSINE`` with the float model's, else ``ModelInstallError``. The file appears
+    atomically (written beside it, then renamed) and its hash goes into the manifest. Needs the ``onnx`` package
+    (a guardrag dependency) at install time only."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model_dir = Path(model_dir).expanduser()
+    folder = model_files_dir(model_dir)
+    if not _is_complete(folder):
+        raise ModelNotInstalledError(model_dir, [n for n in REQUIRED_FILES if not (folder / n).is_file()])
+    started = time.monotonic()
+    log(f"quantizing {MODEL_ID} to int8 ({QUANTIZED_FILE})")
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=folder.parent) as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / QUANTIZED_FILE
+        quant_pre_process(str(folder / "model.onnx"), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(pre, out, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        cosine = _quantized_cosine(folder, out)
+        if cosine < QUANTIZED_MIN_COSINE:
+            raise ModelInstallError(f"the int8 model drifts from the float one (cosine {cosine:.4f} < "
+                                    f"{QUANTIZED_MIN_COSINE}); not installed")
+        os.replace(out, folder / QUANTIZED_FILE)
+    manifest = _read_manifest(folder) or {"model_id": MODEL_ID}
+    manifest.setdefault("sha256", {})[QUANTIZED_FILE] = sha256_file(folder / QUANTIZED_FILE)
+    manifest["quantized"] = {**QUANTIZATION, "min_cosine": round(cosine, 6)}
+    tmp_manifest = folder / f".{MANIFEST_NAME}.{os.getpid()}"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_manifest, folder / MANIFEST_NAME)
+    log(f"quantized in {time.monotonic() - started:.0f} s (least cosine with the float model {cosine:.4f})")
+    return folder / QUANTIZED_FILE
+
+
+_CHECK_TEXTS = ("cat", "How do I rotate an API key without downtime?",
+                "Guarded retrieval scans every chunk for injected instructions before the model sees it.",
+                "Quarterly revenue rose 5% while operating costs fell.")
+
+
+def _quantized_cosine(folder: Path, candidate: Path) -> float:
+    """Least cosine, over ``_CHECK_TEXTS``, between the float model's vectors and ``candidate``'s."""
+    from core.embedder import Embedder
+
+    base = Embedder(folder.parent.parent, threads=1)
+    if base.path != folder:
+        raise ModelInstallError(f"the float model was loaded from {base.path}, not {folder}")
+    other = Embedder(folder.parent.parent, threads=1, onnx_file=candidate)
+    return float(np.min(np.sum(base.embed(_CHECK_TEXTS) * other.embed(_CHECK_TEXTS), axis=1)))
 
 
 def _network_answers(host: str, port: int, timeout: float) -> bool:

@@ -332,6 +332,7 @@ async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, st
     trail, orig = store.audit(para.run_id), {e.kind: e.payload for e in store.audit(first.run_id)}
     assert [e.kind for e in trail] == ["run_started", "cache_hit", "run_finished"]
     assert trail[1].payload["from_run"] == first.run_id
+    assert trail[1].payload["scope"]["embedder"] == pipe._query_embedder().model_sha256  # the int8 model's
     assert trail[1].payload["cached_question"] == orig["run_started"]["question"]
     assert trail[2].payload["answer"] == orig["run_finished"]["answer"] and trail[2].payload["answer"]
     assert anonymised == [paraphrase]
@@ -350,3 +351,22 @@ async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, st
     assert (await pipe.ask(ROTATE)).answer.cached  # ... until the answer is cached again under the new version
     st = compute_stats(store)
     assert st.cache_hits == 2 and st.cache_lookups == 7
+
+
+def test_the_cache_embeds_with_the_int8_model_else_the_float_one(base, store, tmp_path, caplog):
+    from core.models import MODEL_FILES, model_files_dir
+
+    pipe = Pipeline(base, store)
+    q = pipe._query_embedder()
+    assert q.quantized and q.onnx_file.name == "model_int8.onnx" and pipe._query_embedder() is q
+    assert not pipe._topic_classifier().embedder.quantized  # the topic threshold was tuned on the float model
+    assert not Pipeline(with_(base, cache=CacheSettings(quantized=False)), store)._query_embedder().quantized
+    # a model dir without the int8 copy (an install that could not quantize): the float model, and a warning
+    folder = model_files_dir(tmp_path / "models")
+    folder.mkdir(parents=True)
+    for name in MODEL_FILES:
+        (folder / name).symlink_to(q.path / name)
+    with caplog.at_level("WARNING", logger="guardrag"):
+        fallback = Pipeline(with_(base, model_dir=tmp_path / "models"), store)._query_embedder()
+    assert not fallback.quantized and fallback.onnx_file == folder / "model.onnx"
+    assert "float model" in caplog.text and "model_int8.onnx" in caplog.text

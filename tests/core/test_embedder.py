@@ -17,6 +17,7 @@ from core.embedder import MAX_TOKENS, Embedder, get_embedder
 from core.models import (
     MODEL_FILES,
     MODEL_ID,
+    QUANTIZED_FILE,
     ModelInstallError,
     ModelNotInstalledError,
     default_model_dir,
@@ -24,6 +25,7 @@ from core.models import (
     install_model,
     model_files_dir,
     model_status,
+    quantize_model,
 )
 
 LONG = " ".join(f"Section {i} explains how guarded retrieval keeps injected instructions out." for i in range(40))
@@ -205,6 +207,9 @@ def test_install_copies_from_chroma_cache(
     assert status.onnx_sha256 == embedder.model_sha256 and status.files_missing == []
     manifest = json.loads((path / "guardrag-model.json").read_text())
     assert manifest["sha256"]["model.onnx"] == embedder.model_sha256
+    # the install quantized the copy (deterministically: the same file as the installed one)
+    assert status.quantized and manifest["quantized"]["per_channel"] is True
+    assert manifest["sha256"][QUANTIZED_FILE] == get_embedder(default_model_dir(), quantized=True).model_sha256
     assert [p.name for p in path.parent.iterdir()] == ["onnx"]  # no staging leftovers
     # already in place: nothing to do
     assert install_model(target_dir, allow_download=False, log=lines.append) == path
@@ -221,3 +226,49 @@ def test_weights_with_wrong_checksum_are_refused(tmp_path: Path) -> None:
     tok.write_text("{}")
     with pytest.raises(ModelInstallError, match="refusing"):
         models._verify_weights({"model.safetensors": bad, "tokenizer.json": tok})
+
+
+# --------------------------------------------------------------------------- the int8 copy
+
+
+def test_quantized_model_is_installed_and_close_to_the_float_one(embedder: Embedder, model_dir: Path) -> None:
+    q = get_embedder(model_dir, quantized=True)
+    assert q is not embedder and q.quantized and q.onnx_file.name == QUANTIZED_FILE
+    assert model_status(model_dir).quantized
+    assert q.model_sha256 != embedder.model_sha256
+    texts = [t for t in TEXTS if t]
+    a, b = embedder.embed(texts), q.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cos = _cos(a, b)
+    assert np.all(cos >= 0.97) and np.all(cos < 0.99999)  # close, and really another model
+    cat, kitten, revenue = q.embed(["A cat sits on the mat", "A kitten is sitting on a rug", "Quarterly revenue rose 5%"])
+    assert float(cat @ kitten) > float(cat @ revenue) + 0.2
+
+
+def _float_only_copy(embedder: Embedder, model_dir: Path) -> Path:
+    folder = model_files_dir(model_dir)
+    folder.mkdir(parents=True)
+    for name in MODEL_FILES:
+        (folder / name).symlink_to(embedder.path / name)
+    return folder
+
+
+def test_missing_quantized_model_is_a_clear_error(embedder: Embedder, tmp_path: Path, no_chroma_cache: Path) -> None:
+    _float_only_copy(embedder, tmp_path / "models")
+    assert not model_status(tmp_path / "models").quantized
+    Embedder(tmp_path / "models")  # the float model is there
+    with pytest.raises(ModelNotInstalledError, match=QUANTIZED_FILE) as info:
+        Embedder(tmp_path / "models", quantized=True)
+    assert "guardrag models install" in str(info.value)
+
+
+def test_quantize_refuses_a_model_that_drifts(embedder: Embedder, tmp_path: Path, no_chroma_cache: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import models
+
+    folder = _float_only_copy(embedder, tmp_path / "models")
+    monkeypatch.setattr(models, "QUANTIZED_MIN_COSINE", 0.99999)  # int8 never gets this close
+    with pytest.raises(ModelInstallError, match="drifts"):
+        quantize_model(tmp_path / "models", log=lambda _: None)
+    assert not (folder / QUANTIZED_FILE).exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["onnx"]  # no temporary files left

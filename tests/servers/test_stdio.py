@@ -1,0 +1,84 @@
+"""The stdio transport of every guardrag server (``servers.common.serve_stdio``): asyncio pipes when stdin and
+stdout are pipes, the SDK's transport otherwise; stray output of a tool never reaches the protocol stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.anyio
+
+SERVER = textwrap.dedent("""
+    import logging, os, sys
+    import anyio
+    from mcp.server.mcpserver import MCPServer
+    from servers.common import serve_stdio
+
+    mcp = MCPServer("stdio-test")
+
+    @mcp.tool()
+    def noisy(text: str) -> str:
+        \"\"\"Echo text after printing to stdout the way a careless library would.\"\"\"
+        print("library chatter on stdout", flush=True)
+        os.write(1, b"raw bytes on fd 1\\n")
+        return text.upper()
+
+    @mcp.tool()
+    def big(n: int) -> str:
+        \"\"\"A long result.\"\"\"
+        return "x" * n
+
+    logging.getLogger("guardrag").addHandler(logging.StreamHandler(sys.stderr))
+    logging.getLogger("guardrag").setLevel(logging.DEBUG)
+    anyio.run(serve_stdio, mcp)
+""")
+
+
+@pytest.fixture()
+def server_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stdio_server.py"
+    path.write_text(SERVER)
+    return path
+
+
+async def test_pipes_serve_requests_and_keep_stray_output_off_the_wire(server_file: Path, tmp_path: Path) -> None:
+    errlog = tmp_path / "stderr.txt"
+    params = StdioServerParameters(command=sys.executable, args=[str(server_file)], cwd=str(ROOT),
+                                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    with errlog.open("w") as err:
+        async with stdio_client(params, errlog=err) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            for word in ("alpha", "beta"):  # printing did not break the stream: the next call still works
+                res = await session.call_tool("noisy", {"text": word})
+                assert not res.is_error and res.content[0].text == word.upper()
+            long = await session.call_tool("big", {"n": 300_000})  # more than a pipe buffer: flow control
+            assert len(long.content[0].text) == 300_000
+            bad = await session.call_tool("noisy", {})
+            assert bad.is_error  # validation still applies
+    chatter = errlog.read_text()
+    assert "stdio: asyncio pipes" in chatter
+    assert chatter.count("library chatter on stdout") == 2 and chatter.count("raw bytes on fd 1") == 2
+
+
+def test_a_file_on_stdin_is_served_by_the_sdk_transport(server_file: Path, tmp_path: Path) -> None:
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+    ]  # (a tools/call would race the end of the file: the SDK stops serving at EOF)
+    stdin = tmp_path / "stdin.jsonl"
+    stdin.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    with stdin.open("rb") as fin:
+        proc = subprocess.run([sys.executable, str(server_file)], stdin=fin, capture_output=True, cwd=ROOT,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60)
+    replies = {m["id"]: m for m in map(json.loads, proc.stdout.decode().splitlines()) if "id" in m}
+    assert replies[1]["result"]["serverInfo"]["name"] == "stdio-test" and proc.returncode == 0
+    assert b"stdio: the SDK's transport" in proc.stderr
