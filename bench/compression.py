@@ -16,7 +16,8 @@ For each sampled dev claim, in process and on one index:
 4. citations: every span either answer cites is looked up in the source document's text as the retrieval server
    loaded it (``servers.retrieval.loaders.parse_text``: its provenance coordinates) and must be the quoted sentence.
 
-Sentence vectors are computed once per claim (``client.compress.MemoEmbedder``: compress embeds every sentence of
+Sentences are embedded with ``--sentence-model`` (default ``int8``, the pipeline's default ``agent.quantized``; the
+judge always uses the float model). Sentence vectors are computed once per claim (``client.compress.MemoEmbedder``: compress embeds every sentence of
 the selected items, both answers reuse those vectors), so the two answers rank sentences with identical vectors;
 ``compress_ms`` is measured first, cold, and includes embedding all the sentences.
 
@@ -54,6 +55,7 @@ from rich.table import Table  # noqa: E402
 import core  # noqa: E402,F401
 from client.answer import ContextItem, extractive_answer  # noqa: E402
 from client.compress import CompressSettings, MemoEmbedder, compress  # noqa: E402
+from core.embedder import get_embedder  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from servers.judge.engine import JudgeEngine  # noqa: E402
 from servers.retrieval.engine import RetrievalEngine, TextItem  # noqa: E402
@@ -104,6 +106,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the index here and reuse it (only with the same --questions/--distractors/--seed)")
+    ap.add_argument("--sentence-model", choices=("int8", "float"), default="int8",
+                    help="the model compress and the answerer embed sentences with (the pipeline's default: int8, "
+                         "agent.quantized); the judge always uses the float model")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compression.json")
     args = ap.parse_args()
     console = Console(width=120)
@@ -134,6 +139,8 @@ def main() -> int:
         console.print(f"  done in {time.perf_counter() - t:.1f} s")
     judge = JudgeEngine(settings, embedder=emb, backends=[])
     judge.warm_up()
+    sent_emb = get_embedder(settings.model_dir, threads=settings.embed_threads,
+                            quantized=args.sentence_model == "int8")
     csettings = CompressSettings()
 
     rows = []
@@ -143,7 +150,7 @@ def main() -> int:
         items = select(engine, q, cfg.k, cfg.context_tokens, emb.count_tokens)
         if not items:
             continue
-        memo = MemoEmbedder(emb)  # per claim: compress embeds the sentences once, both answers reuse them
+        memo = MemoEmbedder(sent_emb)  # per claim: compress embeds the sentences once, both answers reuse them
         t = time.perf_counter()
         comp = compress(q, items, memo, budget_tokens=cfg.context_tokens, settings=csettings)
         t_compress.append((time.perf_counter() - t) * 1000)
@@ -237,6 +244,7 @@ def main() -> int:
         "agent": {"k": cfg.k, "context_tokens": cfg.context_tokens, "answer_sentences": cfg.answer_sentences,
                   "min_answer_score": cfg.min_answer_score},
         "compress_settings": csettings.model_dump(),
+        "sentence_model": args.sentence_model,
         "summary": summary, "acceptance": acc,
         "rubric_in_use": judge.rubric("faithfulness").tag,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

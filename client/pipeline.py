@@ -821,7 +821,8 @@ class Pipeline:
                 "llm": [e.label for e in self.settings.llm.chain()],
                 "agent": {"k": a.k, "use_graph": a.use_graph, "max_rounds": a.max_rounds,
                           "context_tokens": a.context_tokens, "compress": a.compress,
-                          "compress_tokens": a.compress_tokens, "answer_sentences": a.answer_sentences,
+                          "compress_tokens": a.compress_tokens, "quantized": a.quantized,
+                          "answer_sentences": a.answer_sentences,
                           "min_answer_score": a.min_answer_score},
                 "guards": _sha(self.settings.guards.model_dump_json()),
                 "approval": _sha(self.settings.approval.model_dump_json())}
@@ -1146,11 +1147,18 @@ class Pipeline:
         return self._qembedder
 
     def _get_memo(self) -> Any:
-        """The embedder behind a sentence-vector memo, shared by compression and the extractive answerer."""
+        """A sentence-vector memo shared by compression and the extractive answerer: the int8 model when
+        ``agent.quantized`` and installed, else the pipeline's embedder; None without the model."""
         emb = self._get_embedder()
         if emb is not None and self._memo is None:
             from client.compress import MemoEmbedder
+            from core.embedder import get_embedder
 
+            if self.settings.agent.quantized:
+                try:
+                    emb = get_embedder(self.settings.model_dir, threads=self.settings.embed_threads, quantized=True)
+                except GuardragError as exc:
+                    log.warning("compression and the offline answerer embed with the float model: %s", exc.message)
             self._memo = MemoEmbedder(emb)
         return self._memo if emb is not None else None
 

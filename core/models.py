@@ -12,7 +12,8 @@ so that Chroma's ``ONNXMiniLM_L6_V2`` can run the very same files.
 
 It also writes ``model_int8.onnx``, a dynamically quantised copy (int8 weights,
 per-channel, ``onnxruntime.quantization``), which embeds a short text about
-1.5x faster; the semantic cache uses it (``cache.quantized``). Its vectors are
+1.5x faster; the semantic cache, compression and the offline answerer use it
+(``cache.quantized``, ``agent.quantized``). Its vectors are
 not the float model's (cosine about 0.99 with them), so a caller never mixes the
 two in one index.
 

@@ -353,20 +353,23 @@ async def test_semantic_cache_serves_a_paraphrase_until_an_ingest(base, pool, st
     assert st.cache_hits == 2 and st.cache_lookups == 7
 
 
-def test_the_cache_embeds_with_the_int8_model_else_the_float_one(base, store, tmp_path, caplog):
+def test_cache_and_compression_embed_with_the_int8_model_else_the_float_one(base, store, tmp_path, caplog):
     from core.models import MODEL_FILES, model_files_dir
 
     pipe = Pipeline(base, store)
     q = pipe._query_embedder()
     assert q.quantized and q.onnx_file.name == "model_int8.onnx" and pipe._query_embedder() is q
     assert not pipe._topic_classifier().embedder.quantized  # the topic threshold was tuned on the float model
+    assert pipe._get_memo().inner.quantized  # compression and the offline answerer
     assert not Pipeline(with_(base, cache=CacheSettings(quantized=False)), store)._query_embedder().quantized
+    assert not Pipeline(with_(base, agent=AgentSettings(quantized=False)), store)._get_memo().inner.quantized
     # a model dir without the int8 copy (an install that could not quantize): the float model, and a warning
     folder = model_files_dir(tmp_path / "models")
     folder.mkdir(parents=True)
     for name in MODEL_FILES:
         (folder / name).symlink_to(q.path / name)
     with caplog.at_level("WARNING", logger="guardrag"):
-        fallback = Pipeline(with_(base, model_dir=tmp_path / "models"), store)._query_embedder()
-    assert not fallback.quantized and fallback.onnx_file == folder / "model.onnx"
+        bare = Pipeline(with_(base, model_dir=tmp_path / "models"), store)
+        fallback, memo = bare._query_embedder(), bare._get_memo()
+    assert not fallback.quantized and fallback.onnx_file == folder / "model.onnx" and not memo.inner.quantized
     assert "float model" in caplog.text and "model_int8.onnx" in caplog.text
