@@ -15,6 +15,7 @@ nowhere unless an exporter is configured (``OTEL_TRACES_EXPORTER`` / ``OTEL_EXPO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import sys
@@ -235,6 +236,9 @@ async def serve_stdio(server: MCPServer) -> None:
         os.dup2(saved_out, 1)
         os.close(saved_in)
         os.close(saved_out)
+        for fd in (0, 1):  # asyncio made the pipes non-blocking; a wrapper that shares them may read on after us
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)
 
 
 _MAX_LINE = 64 * 1024 * 1024

@@ -69,6 +69,26 @@ async def test_pipes_serve_requests_and_keep_stray_output_off_the_wire(server_fi
     assert chatter.count("library chatter on stdout") == 2 and chatter.count("raw bytes on fd 1") == 2
 
 
+def test_the_pipes_are_blocking_again_for_a_wrapper_that_reads_on(server_file: Path) -> None:
+    """A shell that starts the server and reads stdin after it exits shares the pipe: it must not see EAGAIN."""
+    script = (f"{sys.executable} {server_file} && "
+              f"{sys.executable} -c 'import os,sys; print(\"after:\", os.get_blocking(0), os.get_blocking(1), "
+              f"sys.stdin.read().strip())'")
+    proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    proc.stdin.write((json.dumps(init) + "\n").encode())
+    proc.stdin.flush()
+    first = json.loads(proc.stdout.readline())
+    assert first["id"] == 1 and "result" in first
+    proc.stdin.close()  # EOF: the server exits, then the wrapper's next command reads the same pipes
+    proc.stdin = None
+    out, err = proc.communicate(timeout=60)
+    assert b"stdio: asyncio pipes" in err
+    assert out.decode().strip().splitlines()[-1] == "after: True True"
+
+
 def test_a_file_on_stdin_is_served_by_the_sdk_transport(server_file: Path, tmp_path: Path) -> None:
     requests = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize",
