@@ -56,12 +56,12 @@ from core.errors import GuardragError, Unavailable
 
 __all__ = [
     "MODEL_ID",
+    "QUANTIZED_FILE",
     "ModelInstallError",
     "ModelNotInstalledError",
     "ModelStatus",
     "chroma_cache_dir",
     "default_model_dir",
-    "QUANTIZED_FILE",
     "find_model",
     "install_model",
     "model_files_dir",
@@ -258,8 +258,8 @@ def install_model(
     if not (target / QUANTIZED_FILE).is_file():
         try:
             quantize_model(model_dir, log=log)
-        except Exception as exc:  # noqa: BLE001 - the float model works alone; the cache then uses it
-            log(f"could not quantize the model ({exc}); the semantic cache will use the float model")
+        except Exception as exc:  # noqa: BLE001 - the float model works alone; its users fall back to it
+            log(f"could not quantize the model ({exc}); the cache and compression will use the float model")
     return target
 
 

@@ -212,7 +212,7 @@ class AgentSettings(BaseModel):
                                         "context_tokens).")
     quantized: bool = Field(True, description="Compression and the offline answerer embed sentences with the int8 "
                             "copy of the model (about 1.3x faster on a context; the float model when it is missing). "
-                            "The judge servers keep the float model their thresholds were calibrated on.")
+                            "The judge server keeps the float model its thresholds were calibrated on.")
     static_response: str | None = Field(
         "I can't answer that reliably right now. Please try again later or contact support.",
         description="Last link of the answer chain: said when every model and the offline answerer failed "
