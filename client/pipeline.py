@@ -1135,13 +1135,7 @@ class Pipeline:
             if emb is None:
                 return None
             if self.settings.cache.quantized:
-                from core.embedder import get_embedder
-
-                try:
-                    emb = get_embedder(self.settings.model_dir, threads=self.settings.cache.embed_threads,
-                                       quantized=True)
-                except GuardragError as exc:
-                    log.warning("the semantic cache embeds with the float model: %s", exc.message)
+                emb = self._int8_or(emb, self.settings.cache.embed_threads, "the semantic cache")
             _ = emb.model_sha256  # hashed once here, off the lookup's path (it scopes the entries)
             self._qembedder = emb
         return self._qembedder
@@ -1152,15 +1146,22 @@ class Pipeline:
         emb = self._get_embedder()
         if emb is not None and self._memo is None:
             from client.compress import MemoEmbedder
-            from core.embedder import get_embedder
 
             if self.settings.agent.quantized:
-                try:
-                    emb = get_embedder(self.settings.model_dir, threads=self.settings.embed_threads, quantized=True)
-                except GuardragError as exc:
-                    log.warning("compression and the offline answerer embed with the float model: %s", exc.message)
+                emb = self._int8_or(emb, self.settings.embed_threads, "compression and the offline answerer")
             self._memo = MemoEmbedder(emb)
         return self._memo if emb is not None else None
+
+    def _int8_or(self, fallback: Any, threads: int | None, user: str) -> Any:
+        """A session of the int8 model with ``threads``, or ``fallback`` (the float model) when it is not installed,
+        with a warning naming its ``user``."""
+        from core.embedder import get_embedder
+
+        try:
+            return get_embedder(self.settings.model_dir, threads=threads, quantized=True)
+        except GuardragError as exc:
+            log.warning("%s: the float model instead of the int8 one: %s", user, exc.message)
+            return fallback
 
     def _topic_classifier(self) -> TopicClassifier | None:
         """The risk policy's example-question classifier (None: no example questions, or no embedding model)."""

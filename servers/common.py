@@ -15,9 +15,12 @@ nowhere unless an exporter is configured (``OTEL_TRACES_EXPORTER`` / ``OTEL_EXPO
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import logging
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +31,7 @@ import anyio.to_thread
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import (
     TransportSecurityMiddleware,
     TransportSecuritySettings,
@@ -208,11 +212,6 @@ async def serve_stdio(server: MCPServer) -> None:
         await server.run_stdio_async()
         return
     log.debug("stdio: asyncio pipes")
-    import asyncio
-    import os
-
-    from mcp.server.stdio import stdio_server
-
     loop = asyncio.get_running_loop()
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
@@ -246,9 +245,6 @@ _MAX_LINE = 64 * 1024 * 1024
 
 
 def _is_pipe(fd: int) -> bool:
-    import os
-    import stat
-
     try:
         return stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
