@@ -261,7 +261,11 @@ class _PipeLines:
         return self
 
     async def __anext__(self) -> str:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # longer than _MAX_LINE: asyncio drops it (to its newline); the rest is read on
+            log.warning("stdio: a message longer than %d bytes was dropped", _MAX_LINE)
+            return "(a message too long to read)\n"  # not JSON: the SDK handles it as any malformed line
         if not line:
             raise StopAsyncIteration
         return line.decode("utf-8", errors="replace")

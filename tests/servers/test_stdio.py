@@ -37,6 +37,8 @@ SERVER = textwrap.dedent("""
         \"\"\"A long result.\"\"\"
         return "x" * n
 
+    import servers.common
+    servers.common._MAX_LINE = int(os.environ.get("MAX_LINE", servers.common._MAX_LINE))
     logging.getLogger("guardrag").addHandler(logging.StreamHandler(sys.stderr))
     logging.getLogger("guardrag").setLevel(logging.DEBUG)
     anyio.run(serve_stdio, mcp)
@@ -87,6 +89,29 @@ def test_the_pipes_are_blocking_again_for_a_wrapper_that_reads_on(server_file: P
     out, err = proc.communicate(timeout=60)
     assert b"stdio: asyncio pipes" in err
     assert out.decode().strip().splitlines()[-1] == "after: True True"
+
+
+def test_a_message_over_the_line_limit_is_dropped_and_serving_goes_on(server_file: Path) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    huge = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "noisy", "arguments": {"text": "x" * 5000}}}
+    small = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "noisy", "arguments": {"text": "ok"}}}
+    lines = [init, {"jsonrpc": "2.0", "method": "notifications/initialized"}, huge, small]
+    proc = subprocess.Popen([sys.executable, str(server_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MAX_LINE": "2000"})
+    proc.stdin.write("".join(json.dumps(m) + "\n" for m in lines).encode())
+    proc.stdin.flush()
+    replies = {}
+    while 3 not in replies:
+        msg = json.loads(proc.stdout.readline())
+        replies[msg.get("id")] = msg
+    proc.stdin.close()
+    proc.stdin = None
+    _, err = proc.communicate(timeout=60)
+    assert replies[3]["result"]["content"][0]["text"] == "OK"
+    assert 2 not in replies  # dropped, not half-read
+    assert b"longer than 2000 bytes was dropped" in err
 
 
 def test_a_file_on_stdin_is_served_by_the_sdk_transport(server_file: Path, tmp_path: Path) -> None:
