@@ -15,6 +15,11 @@
   words found in the context) and best-sentence embedding cosine (max cosine between the answer and a context
   sentence).
 - **Length control**: the balanced accuracy of answer length alone, to show what a shortcut would score.
+- **Long-form check, held out** (``bench/data/summaries.jsonl``, written for this project, no third-party text): 8
+  invented news-style documents of about 200 words, each with two faithful abstractive summaries and four unfaithful
+  ones (one sentence edited: a number, a name or place, a reversed statement, or one unsupported sentence added).
+  Never fitted on; judged by the rubric in use. The dev set has no long documents (its README says so) and the
+  evaluation set has a summarization task, so this shows how the calibration carries over.
 - **Latency** of ``judge_faithfulness`` in process: p50/p95 on dev records, and on the acceptance case (an answer
   of 5 sentences over 5 contexts of 200 words), with the vector cache emptied before each call (cold), the same
   answer reworded so that no claim is a verbatim quote, and with a warm cache; the load average is printed too.
@@ -54,6 +59,7 @@ from servers.judge.engine import fold as fold_text
 from servers.judge.evidence import content_stems, numbers, split_sentences
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "judge" / "judge.jsonl"
+LONG_FORM = ROOT / "bench" / "data" / "summaries.jsonl"
 RESULTS = ROOT / "bench" / "results" / "judge.json"
 
 FEATURES = ("cosine", "support", "best_cover", "pair_cover", "novel", "novel_generic", "number", "negation",
@@ -194,6 +200,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--latency-calls", type=int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--long-form", type=Path, default=LONG_FORM, help="held-out long-form check (JSONL, same format)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="reuse the per-record evidence from this file (written when missing)")
     args = parser.parse_args()
@@ -278,6 +285,29 @@ def main() -> None:
     prefilter["agreement"] = float((verdicts["on"] == verdicts["off"]).mean())
     console.print(pf)
 
+    # ---- long-form check (held out: never fitted on), the rubric in use
+    long_form = {}
+    if args.long_form.exists():
+        lf = [json.loads(line) for line in args.long_form.read_text().splitlines() if line.strip()]
+        lf_pred = np.array([engine.judge_faithfulness(r["answer"], [r["context"]]).verdict == "unfaithful" for r in lf],
+                           dtype=int)
+        lf_lab = np.array([r["hallucinated"] for r in lf])
+        kinds: dict[str, list[int]] = {}
+        for r, p in zip(lf, lf_pred):
+            edit = (r.get("meta") or {}).get("edit")
+            kind = ("faithful summary" if r["hallucinated"] == 0 else "added unsupported sentence"
+                    if edit == "added unsupported sentence" else "one sentence edited")
+            kinds.setdefault(kind, []).append(int(p) if r["hallucinated"] else 1 - int(p))
+        long_form = {"records": len(lf), "balanced_accuracy": round(balanced_accuracy(lf_lab, lf_pred), 4),
+                     "correct_by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in kinds.items()}}
+        lt_ = Table(title=f"Long-form check, held out ({args.long_form.name}, rubric in use)")
+        lt_.add_column("records")
+        lt_.add_column("correct")
+        for k, v in long_form["correct_by_kind"].items():
+            lt_.add_row(k, v)
+        lt_.add_row("balanced accuracy", f"{long_form['balanced_accuracy']:.3f}")
+        console.print(lt_)
+
     # ---- latency
     lat_dev = []
     engine.vectors.clear()
@@ -351,6 +381,7 @@ def main() -> None:
                     "chosen on the training folds",
         "balanced_accuracy": results,
         "prefilter_in_sample": prefilter,
+        "long_form_held_out": long_form,
         "fold_choices": chosen,
         "fitted_on_all": fitted,
         "rubric_in_use": engine.rubric("faithfulness").tag,

@@ -89,6 +89,7 @@ _TOKEN = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d{3})*(?:\.\d+)?")
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")  # "[1]", "[2, 3]": citation markers, not numbers
 _SPACED_NUMBER = re.compile(r"(?<=\d) ([.,]) (?=\d)")
+_LEADING_ZEROS = re.compile(r"^0+(?=\d)")
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
 
@@ -138,7 +139,7 @@ def numbers(text: str) -> set[str]:
         v = m.replace(",", "")
         if "." in v:
             v = v.rstrip("0").rstrip(".")
-        out.add(v)
+        out.add(_LEADING_ZEROS.sub("", v))  # "08" in "2:21:08" is the 8 of "8 seconds"; "0.5" stays
     for t in tokens(text):
         if t in _NUMBER_WORDS:
             out.add(_NUMBER_WORDS[t])
@@ -360,9 +361,10 @@ class Evidence:
                 window = [k for k in (j - 1, j, j + 1) if 0 <= k < len(self.sentences) and self.owner[k] == self.owner[j]]
                 best_stems = set().union(*(self.sentence_stems[k] for k in window))
                 best_numbers = set().union(*(self.sentence_numbers[k] for k in window))
+                best_only = self.sentence_stems[j]
             else:
                 ev = ClaimEvidence(claim, None, None, 0.0)
-                best_stems, best_numbers, best_text, window = set(), set(), "", []
+                best_stems, best_numbers, best_text, window, best_only = set(), set(), "", [], set()
             words = tokens(claim)
             terms = content_stems(claim)
             claim_numbers = numbers(claim)
@@ -398,17 +400,24 @@ class Evidence:
             ev.negation_mismatch = bool(best_text) and (any(w in NEGATIONS for w in words)
                                                         != any(w in NEGATIONS for w in best_words))
             claim_stems = {_stem(w) for w in words}
+            # the opposite word must be in the best sentence itself (like the negation): "last year's winner" is no
+            # opposite of "her first victory" in the sentence next to it; the claim's own word must be absent from
+            # the whole window
             for w in claim_stems:
                 for opposite in ANTONYMS.get(w, ()):
-                    if opposite in best_stems and w not in best_stems:
+                    if opposite in best_only and w not in best_stems:
                         ev.antonyms.append(f"{w}/{opposite}")
                 # negative prefixes: "regulated" where the best sentence says "unregulated", and the reverse
                 if len(w) >= 4 and w not in best_stems:
                     for pre in _NEG_PREFIXES:
-                        if pre + w in best_stems:
+                        if pre + w in best_only:
                             ev.antonyms.append(f"{w}/{pre}{w}")
-                        elif w.startswith(pre) and len(w) - len(pre) >= 4 and w[len(pre):] in best_stems:
+                        elif w.startswith(pre) and len(w) - len(pre) >= 4 and w[len(pre):] in best_only:
                             ev.antonyms.append(f"{w}/{w[len(pre):]}")
+            if ev.antonyms and ev.negation_mismatch:
+                # a double negation: "kept all the shops open" against "promised not to close any of the shops"
+                # agrees; the opposite word and the negation cancel out and neither is a cue
+                ev.antonyms, ev.negation_mismatch = [], False
             counts = Counter(w for w in words if w in self.proper)
             ev.repeated_entity = any(n > 1 for n in counts.values())
             out.append(ev)

@@ -11,7 +11,7 @@ import pytest
 from core.llm import OpenAICompatibleBackend
 from core.settings import ModelEndpoint
 from servers.judge.engine import JudgeEngine
-from servers.judge.evidence import split_claims
+from servers.judge.evidence import numbers, split_claims
 from servers.judge.rubrics import RUBRIC_DIR, RUBRICS, load_rubric
 from servers.judge.schemas import (
     ContextCritique,
@@ -66,6 +66,31 @@ def test_one_bad_claim_lowers_the_score_and_fails_the_answer(judge, bad, cue):
     assert worse.score < base.score and worse.verdict == "unfaithful"
     flagged = [c for c in worse.claims if c.status != "supported"]
     assert [c.claim for c in flagged] == [bad] and any(cue in q for q in flagged[0].cues)
+
+
+def test_an_opposite_word_under_a_negation_agrees_with_its_sentence(judge):
+    """"keep open" against "not close" is a double negation: neither the antonym nor the negation is a cue."""
+    ctx = ["Norrmark has promised not to close any of the shops before 2028. Unions welcomed it."]
+    (ev,), _ = judge.evidence("Norrmark will keep the shops open until 2028.", ctx)
+    assert ev.antonyms == [] and not ev.negation_mismatch
+    r = judge.judge_faithfulness("Norrmark will keep the shops open until 2028.", ctx)
+    assert r.claims[0].status != "contradicted"
+    # the opposite word without the negation is still a contradiction
+    r = judge.judge_faithfulness("Norrmark will open new shops before 2028.", ["Norrmark will close all its shops before 2028."])
+    assert r.claims[0].status == "contradicted" and any("opposite" in c for c in r.claims[0].cues)
+
+
+def test_an_opposite_word_counts_only_in_the_best_sentence_itself(judge):
+    """"last year" in the claim is no opposite of "first" in the sentence after its evidence."""
+    ctx = ["In the men's race, the defending champion Jonas Feld dropped out with a calf injury. "
+           "It was the first time he failed to finish."]
+    (ev,), _ = judge.evidence("Jonas Feld, last year's champion, dropped out with a calf injury.", ctx)
+    assert "Feld" in ev.sentence and ev.antonyms == []
+
+
+def test_numbers_ignore_leading_zeros():
+    assert {"2", "21", "8"} <= numbers("She won in 2:21:08.") and "08" not in numbers("2:21:08")
+    assert numbers("0.5 and 007 and 000") == {"0.5", "7", "0"}
 
 
 def test_padding_with_supported_sentences_never_lowers_faithfulness(judge):
