@@ -41,6 +41,7 @@ from servers.judge.evidence import (
     content_stems,
     numbers,
     split_claims,
+    split_sentences,
     tokens,
 )
 from servers.judge.rubrics import Rubric, load_rubric
@@ -149,6 +150,24 @@ def claim_support(ev: ClaimEvidence, w: dict[str, float]) -> float:
     s = sum((-1.0 if name in PENALTIES else 1.0) * float(w.get(name, 0.0)) * value
             for name, value in claim_features(ev).items())
     return s if math.isfinite(s) else -1e9
+
+
+def claim_threshold(w: dict[str, Any], contexts: Sequence[str]) -> float:
+    """The claim threshold of the rubric's ``[offline]`` table ``w`` for these contexts: ``long_form_claim_threshold``
+    when they hold at least ``long_form_min_sentences`` sentences in all, else ``claim_threshold``.
+
+    The main threshold is fitted on answers to evidence of one to five sentences, mostly near-copies of it; an answer
+    that condenses a long text paraphrases and fuses sentences, which the lexical cues read as unsupported."""
+    base = float(w.get("claim_threshold", 0.5))
+    need = w.get("long_form_min_sentences")
+    if need is None or "long_form_claim_threshold" not in w:
+        return base
+    seen = 0
+    for c in contexts:
+        seen += len(split_sentences(c))
+        if seen >= int(need):
+            return float(w["long_form_claim_threshold"])
+    return base
 
 
 def hard_contradiction(ev: ClaimEvidence, context_numbers: set[str] | frozenset[str] = frozenset()) -> bool:
@@ -372,9 +391,10 @@ class JudgeEngine:
         evidence_numbers = numbers("\n".join(contexts))
         folded_contexts = [fold(c) for c in contexts]
         claims = []
+        cut = claim_threshold(w, contexts)
         for ev in evs:
             s = claim_support(ev, w)
-            margin = s - float(w.get("claim_threshold", 0.5))
+            margin = s - cut
             if verbatim(ev.claim, folded_contexts):  # a context says exactly this: no cue can overrule it
                 status, margin = "supported", max(margin, 0.5)
             elif hard_contradiction(ev, evidence_numbers):

@@ -374,7 +374,9 @@ class Evidence:
                 ev.novel = [w for w in terms if not self.known(w) and w not in self.given]
                 ev.support = (sum(self.known(w) for w in terms) + len(claim_numbers & self.numbers)) / n
                 ev.best_cover = (sum(w in best_stems for w in terms) + len(claim_numbers & best_numbers)) / n
-            capitalised = {w.lower() for w in _PROPER.findall(claim)} | {w.lower() for w in re.findall(r"^[A-Z][a-z]{2,}", claim)}
+            # capitalised words inside the claim: its first word is capitalised whatever it is ("According to ...",
+            # "Trucks above 7.5 tonnes ..."); a name there still counts as a novel term
+            capitalised = {w.lower() for w in _PROPER.findall(claim)}
             ev.novel_entities = sorted({w for w in capitalised if w not in STOPWORDS and not self.known(_stem(w))
                                         and _stem(w) not in self.given})
             ev.bad_numbers = sorted(claim_numbers - self.numbers)

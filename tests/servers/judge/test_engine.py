@@ -10,7 +10,7 @@ import pytest
 
 from core.llm import OpenAICompatibleBackend
 from core.settings import ModelEndpoint
-from servers.judge.engine import JudgeEngine
+from servers.judge.engine import JudgeEngine, claim_threshold
 from servers.judge.evidence import numbers, split_claims
 from servers.judge.rubrics import RUBRIC_DIR, RUBRICS, load_rubric
 from servers.judge.schemas import (
@@ -86,6 +86,47 @@ def test_an_opposite_word_counts_only_in_the_best_sentence_itself(judge):
            "It was the first time he failed to finish."]
     (ev,), _ = judge.evidence("Jonas Feld, last year's champion, dropped out with a calf injury.", ctx)
     assert "Feld" in ev.sentence and ev.antonyms == []
+
+
+SOLAR = ("The village of Tarnby opened a community solar farm on Saturday, the first in the county. "
+         "The farm has 2,400 panels on a former gravel pit east of the village and can power about 600 homes. "
+         "It cost 1.8 million euros, of which residents raised 700,000 euros by buying shares. "
+         "The rest came from a regional energy fund and a loan from a cooperative bank. "
+         "Shareholders will receive a yearly dividend of about 3 percent once the loan is repaid. "
+         "Mayor Lotte Brandt said the project had taken five years because of a dispute over the site. "
+         "Bird protection groups had objected to the plan until the builders agreed to leave a strip of wetland "
+         "untouched. A second farm, on the roof of the village school, is planned for next year.")
+SOLAR_SUMMARY = ("Tarnby, the first place in the county with a community solar farm, opened it on Saturday. "
+                 "Its 2,400 panels stand on an old gravel pit and can supply roughly 600 homes. "
+                 "Residents bought shares worth 700,000 euros towards the 1.8 million euro cost. "
+                 "According to Mayor Lotte Brandt, a dispute about the site delayed the project for five years.")
+
+
+def test_long_evidence_uses_the_long_form_threshold():
+    w = {"claim_threshold": 2.0, "long_form_min_sentences": 6, "long_form_claim_threshold": 1.3}
+    assert claim_threshold(w, [SOLAR]) == 1.3                       # 8 sentences
+    assert claim_threshold(w, [SOLAR.split(". Shareholders")[0]]) == 2.0  # 4 sentences
+    assert claim_threshold(w, ["One. Two. Three.", "Four. Five.", "Six."]) == 1.3  # counted over all contexts
+    assert claim_threshold({"claim_threshold": 2.0}, [SOLAR]) == 2.0   # a rubric without the rule
+
+
+def test_an_abstractive_summary_of_a_long_text_is_faithful_and_one_wrong_fact_is_caught(judge):
+    r = judge.judge_faithfulness(SOLAR_SUMMARY, [SOLAR])
+    assert r.verdict == "faithful" and r.score == 1.0 and len(r.claims) == 4
+    assert all(c.context_index == 0 and c.sentence in SOLAR for c in r.claims)
+    for wrong in (SOLAR_SUMMARY.replace("roughly 600 homes", "roughly 6,000 homes"),
+                  SOLAR_SUMMARY.replace("Mayor Lotte Brandt", "Mayor Henrik Dahl"),
+                  SOLAR_SUMMARY + " The farm was paid for entirely by a national government grant."):
+        bad = judge.judge_faithfulness(wrong, [SOLAR])
+        assert bad.verdict == "unfaithful" and bad.score < 1.0
+        assert sum(c.status != "supported" for c in bad.claims) == 1  # the wrong claim, and only that one
+
+
+def test_a_capitalised_first_word_is_not_taken_for_a_name(judge):
+    (ev,), _ = judge.evidence("According to Mayor Lotte Brandt, a dispute delayed the project.", [SOLAR])
+    assert ev.novel_entities == []
+    (ev,), _ = judge.evidence("It was opened by Mayor Henrik Dahl.", [SOLAR])
+    assert ev.novel_entities == ["dahl", "henrik"]
 
 
 def test_numbers_ignore_leading_zeros():
