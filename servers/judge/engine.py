@@ -399,7 +399,7 @@ class JudgeEngine:
                 status, margin = "supported", max(margin, 0.5)
             elif hard_contradiction(ev, evidence_numbers):
                 status, margin = "contradicted", min(margin, -1.0)
-            elif margin >= 0:
+            elif margin >= 0 and not ev.novel_entities:  # a name no context gives is never supported
                 status = "supported"
             elif ev.repeated_entity or (ev.negation_mismatch and ev.cosine >= float(w.get("negation_cosine", 0.6))) \
                     or (ev.novel_entities and ev.best_cover >= 0.5):

@@ -66,7 +66,18 @@ _ANTONYMS = [("larg", "small"), ("largest", "smallest"), ("big", "small"), ("big
              ("maximum", "minimum"), ("major", "minor"), ("top", "bottom"), ("long", "short"),
              ("longest", "shortest"), ("heavi", "light"), ("fast", "slow"), ("fastest", "slowest"),
              ("warm", "cold"), ("hot", "cold"), ("true", "fals"), ("success", "failur"), ("start", "end"),
-             ("begin", "end"), ("entir", "partial"), ("legal", "illeg"), ("public", "privat")]
+             ("begin", "end"), ("entir", "partial"), ("legal", "illeg"), ("public", "privat"), ("northern", "southern"),
+             ("eastern", "western"), ("upper", "lower"), ("inner", "outer"), ("import", "export"),
+             ("internal", "extern"), ("urban", "rural"), ("posit", "negat"), ("wet", "dri"), ("full", "empti")]
+_DERIVED = frozenset({"an", "ian", "ean", "ese", "ern", "ish", "ic", "ical"})
+#: demonyms the suffix rule above cannot derive ("Swedish" / "Sweden"), both ways
+_DEMONYMS = {"swedish": "sweden", "swede": "sweden", "danish": "denmark", "dane": "denmark", "finnish": "finland",
+             "british": "britain", "spanish": "spain", "polish": "poland", "irish": "ireland", "scottish": "scotland",
+             "scot": "scotland", "english": "england", "welsh": "wales", "dutch": "netherlands", "swiss": "switzerland",
+             "greek": "greece", "french": "france", "norwegian": "norway", "german": "germany", "thai": "thailand",
+             "turkish": "turkey", "portuguese": "portugal", "filipino": "philippines", "peruvian": "peru",
+             "icelandic": "iceland", "belgian": "belgium", "iraqi": "iraq", "israeli": "israel", "pakistani": "pakistan",
+             "lebanese": "lebanon", "vietnamese": "vietnam", "argentine": "argentina", "argentinian": "argentina"}
 _PRONOUN_START = re.compile(r"^\W*(?:he|she|it|they|his|her|its|their|this|these|the (?:company|band|city|group|film|team))\b", re.I)
 _NEG_PREFIXES = ("un", "non")  # "unregulated"; not "in"/"dis": "inform" is no opposite of "form"
 ANTONYMS: dict[str, frozenset[str]] = {}
@@ -91,6 +102,7 @@ _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")  # "[1]", "[2, 3]": citation m
 _SPACED_NUMBER = re.compile(r"(?<=\d) ([.,]) (?=\d)")
 _LEADING_ZEROS = re.compile(r"^0+(?=\d)")
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
+_ACRONYM = re.compile(r"\b[A-Z]{2,}s?\b")  # "NASA", "BBC", "NGOs"
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
 
 
@@ -101,9 +113,51 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+#: abbreviations and British spellings, mapped before stemming ("km" / "kilometres", "colour" / "color")
+_SPELLINGS = {
+    "km": "kilometer", "kms": "kilometers", "kg": "kilogram", "kgs": "kilograms", "cm": "centimeter",
+    "mm": "millimeter", "lb": "pound", "lbs": "pounds", "hr": "hour", "hrs": "hours", "mins": "minutes",
+    "sec": "second", "secs": "seconds", "yr": "year", "yrs": "years", "approx": "approximately", "govt": "government",
+    "dept": "department", "programme": "program", "programmes": "programs", "catalogue": "catalog",
+    "analyse": "analyze", "analysed": "analyzed", "defence": "defense", "offence": "offense", "licence": "license",
+    "grey": "gray", "aluminium": "aluminum", "tyre": "tire", "tyres": "tires", "mould": "mold", "plough": "plow",
+    "jewellery": "jewelry", "sceptical": "skeptical", "practise": "practice", "practised": "practiced",
+}
+_BRITISH_OUR = re.compile(r"^(colo|favo|hono|behavio|neighbo|labo|flavo|humo|harbo|rumo|vapo|armo|endeavo|savo|valo"
+                          r"|vigo|odo|tumo|splendo|fervo|rigo|ardo|parlo)ur(?=(?:s|ed|ing|ite|ites|ful|less|able|hood|ly)?$)")
+_BRITISH_RE = re.compile(r"^(cent|met|lit|theat|kilomet|centimet|millimet|fib|calib|spect|meag|lust|somb)re(?=(?:s|d)?$)")
+_BRITISH_ISE = re.compile(r"(?<=\w{3})is(?=(?:e|es|ed|ing|ation|ations|er|ers)$)")
+_ISE_WORDS = frozenset("""advertise exercise compromise surprise promise premise franchise enterprise merchandise expertise
+supervise televise revise devise disguise concise precise otherwise likewise clockwise paradise chastise despise
+improvise incise excise apprise comprise demise reprise noise poise praise raise arise rise wise cruise bruise
+""".split())
+
+
+def _american(word: str) -> str:
+    if word in _SPELLINGS:
+        return _SPELLINGS[word]
+    if len(word) < 5:
+        return word
+    w = _BRITISH_RE.sub(r"\1er", _BRITISH_OUR.sub(r"\1r", word))
+    base = re.sub(r"(?:es|ed|ing|ation|ations|er|ers)$", "e", w)
+    if base not in _ISE_WORDS and w not in _ISE_WORDS:
+        w = _BRITISH_ISE.sub("iz", w)
+    return w
+
+
 @lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    return _stemmer().stemWord(word)
+    return _stemmer().stemWord(_american(word))
+
+
+@lru_cache(maxsize=1)
+def _related_stems() -> dict[str, frozenset[str]]:
+    """Stems of demonyms and their countries, both ways (built on first use)."""
+    out: dict[str, set[str]] = {}
+    for a, b in _DEMONYMS.items():
+        out.setdefault(_stem(a), set()).add(_stem(b))
+        out.setdefault(_stem(b), set()).add(_stem(a))
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def _fold_accents(text: str) -> str:
@@ -337,7 +391,15 @@ class Evidence:
         import bisect
 
         i = bisect.bisect_left(self._prefixes, stem)
-        return i < len(self._prefixes) and self._prefixes[i].startswith(stem)
+        if i < len(self._prefixes) and self._prefixes[i].startswith(stem):
+            return True
+        if any(related in self.stems for related in _related_stems().get(stem, ())):
+            return True
+        # a word derived from a known one: "European" / "Europe", "Italian" / "Italy", "northern" / "north"
+        for k in range(4, len(stem) - 1):
+            if stem[k:] in _DERIVED and (stem[:k] in self.stems or any(stem[:k] + v in self.stems for v in "aeiouy")):
+                return True
+        return False
 
     def assess(self, claims: Sequence[str], claim_vecs: np.ndarray, sentence_vecs: np.ndarray,
                rows: Sequence[Sequence[int]] | None = None) -> list[ClaimEvidence]:
@@ -376,7 +438,7 @@ class Evidence:
                 ev.best_cover = (sum(w in best_stems for w in terms) + len(claim_numbers & best_numbers)) / n
             # capitalised words inside the claim: its first word is capitalised whatever it is ("According to ...",
             # "Trucks above 7.5 tonnes ..."); a name there still counts as a novel term
-            capitalised = {w.lower() for w in _PROPER.findall(claim)}
+            capitalised = {w.lower() for w in _PROPER.findall(claim)} | {w.lower() for w in _ACRONYM.findall(claim)}
             ev.novel_entities = sorted({w for w in capitalised if w not in STOPWORDS and not self.known(_stem(w))
                                         and _stem(w) not in self.given})
             ev.bad_numbers = sorted(claim_numbers - self.numbers)

@@ -129,6 +129,36 @@ def test_a_capitalised_first_word_is_not_taken_for_a_name(judge):
     assert ev.novel_entities == ["dahl", "henrik"]
 
 
+@pytest.mark.parametrize("claim, context", [
+    ("The logo is a grey circle in the colour of the sky.", "The logo is a gray circle in the color of the sky."),
+    ("The trail is 12 km long.", "The trail is 12 kilometres long."),
+    ("The theatre was organised by volunteers.", "The theater was organized by volunteers."),
+    ("The company will apply for European approval.", "The company will apply for approval in Europe."),
+    ("It holds a quarter of the Swedish bread market.", "It holds a quarter of the bread market in Sweden."),
+    ("The ferry serves the northern shore.", "The ferry serves the north shore."),
+])
+def test_spelling_variants_abbreviations_and_derived_names_are_known(judge, claim, context):
+    (ev,), _ = judge.evidence(claim, [context])
+    assert ev.novel == [] and ev.novel_entities == [] and ev.support == 1.0, (ev.novel, ev.novel_entities)
+
+
+def test_an_acronym_is_a_name_and_a_name_no_context_gives_is_never_supported(judge):
+    summary = SOLAR_SUMMARY + " The farm was certified by the EEA."
+    (ev,), _ = judge.evidence("The farm was certified by the EEA.", [SOLAR])
+    assert ev.novel_entities == ["eea"]
+    r = judge.judge_faithfulness(summary, [SOLAR])
+    assert r.verdict == "unfaithful" and r.claims[-1].status != "supported"
+    # a claim that scores well on everything else but names a town the text never mentions
+    r = judge.judge_faithfulness("The community solar farm of Tarnby and Velsing opened on Saturday.", [SOLAR])
+    assert [c.status for c in r.claims] != ["supported"] and "velsing" in " ".join(r.claims[0].cues)
+
+
+def test_northern_and_southern_are_opposites(judge):
+    r = judge.judge_faithfulness("Work starts in the southern districts.",
+                                 ["Work will begin in the northern districts in March."])
+    assert r.claims[0].status == "contradicted" and any("southern/northern" in c for c in r.claims[0].cues)
+
+
 def test_numbers_ignore_leading_zeros():
     assert {"2", "21", "8"} <= numbers("She won in 2:21:08.") and "08" not in numbers("2:21:08")
     assert numbers("0.5 and 007 and 000") == {"0.5", "7", "0"}
