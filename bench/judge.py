@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--latency-calls", type=int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--long-form", type=Path, default=LONG_FORM, help="held-out long-form check (JSONL, same format)")
+    parser.add_argument("--long-form", type=Path, default=LONG_FORM, help="long-form check (JSONL, the dev set's format)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="reuse the per-record evidence from this file (written when missing)")
     args = parser.parse_args()

@@ -10,7 +10,7 @@ import pytest
 
 from core.llm import OpenAICompatibleBackend
 from core.settings import ModelEndpoint
-from servers.judge.engine import JudgeEngine, claim_threshold
+from servers.judge.engine import JudgeEngine, claim_support, claim_threshold
 from servers.judge.evidence import numbers, split_claims
 from servers.judge.rubrics import RUBRIC_DIR, RUBRICS, load_rubric
 from servers.judge.schemas import (
@@ -148,9 +148,13 @@ def test_an_acronym_is_a_name_and_a_name_no_context_gives_is_never_supported(jud
     assert ev.novel_entities == ["eea"]
     r = judge.judge_faithfulness(summary, [SOLAR])
     assert r.verdict == "unfaithful" and r.claims[-1].status != "supported"
-    # a claim that scores well on everything else but names a town the text never mentions
-    r = judge.judge_faithfulness("The community solar farm of Tarnby and Velsing opened on Saturday.", [SOLAR])
-    assert [c.status for c in r.claims] != ["supported"] and "velsing" in " ".join(r.claims[0].cues)
+    # a claim that scores well above the threshold on everything else but names a place the text never mentions
+    claim = "The farm has 2,400 panels on a former gravel pit near Velsing and can power about 600 homes."
+    (ev,), _ = judge.evidence(claim, [SOLAR])
+    w = judge.rubric("faithfulness").offline
+    assert claim_support(ev, w) > claim_threshold(w, [SOLAR]) + 0.1
+    r = judge.judge_faithfulness(claim, [SOLAR])
+    assert len(r.claims) == 1 and r.claims[0].status != "supported" and "velsing" in " ".join(r.claims[0].cues)
 
 
 def test_northern_and_southern_are_opposites(judge):
