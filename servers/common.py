@@ -246,9 +246,10 @@ _MAX_LINE = 64 * 1024 * 1024
 
 def _is_pipe(fd: int) -> bool:
     try:
-        return stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)
+        mode = os.fstat(fd).st_mode
     except OSError:
         return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class _PipeLines:
