@@ -63,7 +63,7 @@ from servers.judge.schemas import (
 
 __all__ = ["EMBED_ALL_UPTO", "MAX_ANSWER_CHARS", "MAX_CONTEXTS", "MAX_CONTEXT_CHARS", "MAX_SENTENCES", "PENALTIES",
            "PREFILTER_K", "VECTOR_CACHE", "JudgeEngine", "VectorCache", "claim_features", "claim_support",
-           "hard_contradiction"]
+           "hard_contradiction", "never_supported"]
 
 log = logging.getLogger("guardrag.judge")
 M = TypeVar("M", bound=BaseModel)
@@ -175,7 +175,13 @@ def hard_contradiction(ev: ClaimEvidence, context_numbers: set[str] | frozenset[
     that no context gives while the contexts do give numbers, or negates a sentence that holds every one of its
     terms ("keys never expire" against "keys expire after 90 days") is contradicted whatever its other evidence."""
     return (bool(ev.antonyms) or bool(ev.bad_numbers and (context_numbers or numbers(ev.sentence or "")))
-            or _negation_flip(ev))
+            or bool(ev.number_conflicts) or bool(ev.speaker_conflicts) or _negation_flip(ev))
+
+
+def never_supported(ev: ClaimEvidence) -> bool:
+    """A name that no context gives, or an "all" / "every" / "always" that the best sentence's window does not say,
+    keeps a claim from being supported whatever its other evidence."""
+    return bool(ev.novel_entities or ev.absolute)
 
 
 # "without downtime" qualifies, it does not negate the statement; "won" and "don" are also words ("he won",
@@ -201,6 +207,12 @@ def _cues(ev: ClaimEvidence) -> list[str]:
     cues = []
     if ev.bad_numbers:
         cues.append("number or date not in the contexts: " + ", ".join(ev.bad_numbers))
+    if ev.number_conflicts:
+        cues.append("the best sentence gives another number for the same thing: " + ", ".join(ev.number_conflicts))
+    if ev.speaker_conflicts:
+        cues.append("the contexts give these words to someone else: " + ", ".join(ev.speaker_conflicts))
+    if ev.absolute:
+        cues.append("absolute wording the best sentence does not have: " + ", ".join(ev.absolute))
     if ev.novel_entities:
         cues.append("name not in the contexts: " + ", ".join(ev.novel_entities))
     if ev.novel:
@@ -399,7 +411,7 @@ class JudgeEngine:
                 status, margin = "supported", max(margin, 0.5)
             elif hard_contradiction(ev, evidence_numbers):
                 status, margin = "contradicted", min(margin, -1.0)
-            elif margin >= 0 and not ev.novel_entities:  # a name no context gives is never supported
+            elif margin >= 0 and not never_supported(ev):
                 status = "supported"
             elif ev.repeated_entity or (ev.negation_mismatch and ev.cosine >= float(w.get("negation_cosine", 0.6))) \
                     or (ev.novel_entities and ev.best_cover >= 0.5):

@@ -56,6 +56,13 @@ someone everyone anyone everything name named funny huge sorry thanks thank glad
 NEGATIONS = frozenset("""not no never nor none nobody nothing neither without cannot t didn doesn isn wasn aren weren
 don won hasn haven hadn couldn shouldn wouldn""".split())
 
+#: absolute words: a claim that says "all", "every" or "always" needs evidence that says so too ("some residents")
+_ABSOLUTE = frozenset({"all", "every", "entire", "entirely", "always", "completely", "totally", "fully", "permanently",
+                       "everyone", "everybody", "everything"})
+
+#: negation words as cues: "won't" and "don't" are tokenised "won" "t" / "don" "t", and "won" alone is a verb
+_NEGATION_CUES = NEGATIONS - {"won", "don"}
+
 #: antonym pairs (stems); a claim using one where its best sentence uses the other is a contradiction cue
 _ANTONYMS = [("larg", "small"), ("largest", "smallest"), ("big", "small"), ("biggest", "smallest"),
              ("most", "least"), ("more", "less"), ("better", "poorer"), ("better", "wors"), ("best", "worst"),
@@ -68,7 +75,12 @@ _ANTONYMS = [("larg", "small"), ("largest", "smallest"), ("big", "small"), ("big
              ("warm", "cold"), ("hot", "cold"), ("true", "fals"), ("success", "failur"), ("start", "end"),
              ("begin", "end"), ("entir", "partial"), ("legal", "illeg"), ("public", "privat"), ("northern", "southern"),
              ("eastern", "western"), ("upper", "lower"), ("inner", "outer"), ("import", "export"),
-             ("internal", "extern"), ("urban", "rural"), ("posit", "negat"), ("wet", "dri"), ("full", "empti")]
+             ("internal", "extern"), ("urban", "rural"), ("posit", "negat"), ("wet", "dri"), ("full", "empti"),
+             ("larger", "smaller"), ("bigger", "smaller"), ("rise", "fall"), ("rose", "fell"), ("risen", "fallen"),
+             ("rise", "drop"), ("rose", "drop"), ("climb", "fell"), ("climb", "drop"), ("grow", "shrink"),
+             ("grew", "shrank"), ("gain", "lost"), ("gain", "loss"), ("profit", "loss"), ("rais", "lower"),
+             ("approv", "reject"), ("accept", "reject"), ("accept", "refus"), ("allow", "ban"), ("allow", "forbid"),
+             ("strengthen", "weaken"), ("stronger", "weaker"), ("expand", "shrink"), ("ahead", "behind")]
 _DERIVED = frozenset({"an", "ian", "ean", "ese", "ern", "ish", "ic", "ical"})
 #: demonyms the suffix rule above cannot derive ("Swedish" / "Sweden"), both ways
 _DEMONYMS = {"swedish": "sweden", "swede": "sweden", "danish": "denmark", "dane": "denmark", "finnish": "finland",
@@ -102,6 +114,14 @@ _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")  # "[1]", "[2, 3]": citation m
 _SPACED_NUMBER = re.compile(r"(?<=\d) ([.,]) (?=\d)")
 _LEADING_ZEROS = re.compile(r"^0+(?=\d)")
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
+_SPEECH = (r"(?:said|says|told|tells|warned|warns|argued|argues|added|adds|noted|notes|stated|states|announced|"
+           r"insisted|claimed|claims|urged|urges|accused|accuses|described|praised|criticised|criticized|blamed|"
+           r"explained|conceded|admitted|acknowledged|predicted|wrote|called|calls)")
+_NAME = r"((?:[A-Z][a-z'’-]+|[A-Z]\.)(?:\s+(?:[A-Z][a-z'’-]+|[A-Z]\.))*)"
+#: who says what: "Ingrid Salcombe, the chief executive, said", "said Anders Mwangi", "according to Dr Ray"
+_SPEAKER = re.compile(_NAME + r"(?:\s*,[^,.;]{1,80},)?\s+" + _SPEECH + r"\b|\b" + _SPEECH + r"\s+" + _NAME
+                      + r"|\b[Aa]ccording to " + _NAME)
+_QUOTED = re.compile(r"[\"“”]([^\"“”]{3,200})[\"“”]")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}s?\b")  # "NASA", "BBC", "NGOs"
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
 
@@ -185,18 +205,55 @@ def content_stems(text: str, *, generic: bool = False) -> list[str]:
     return out
 
 
+def speakers(text: str) -> set[str]:
+    """The people ``text`` quotes or reports, by their last name (lower case): "Peter Lund called it" -> {"lund"}.
+    Pronouns ("He said") are nobody in particular."""
+    out = set()
+    for m in _SPEAKER.finditer(text):
+        name = next(g for g in m.groups() if g)
+        last = name.split()[-1].lower()
+        if last not in STOPWORDS and len(last) > 2:
+            out.add(last)
+    return out
+
+
+def _numeric_text(text: str) -> str:
+    return _SPACED_NUMBER.sub(r"\1", _ORDINAL.sub(r"\1", _CITATION.sub(" ", text)))  # "23 , 768" -> "23,768"
+
+
+def _number_value(m: str) -> str:
+    v = m.replace(",", "")
+    if "." in v:
+        v = v.rstrip("0").rstrip(".")
+    return _LEADING_ZEROS.sub("", v)  # "08" in "2:21:08" is the 8 of "8 seconds"; "0.5" stays
+
+
 def numbers(text: str) -> set[str]:
     """Numbers in ``text``, normalised (``1,000`` -> ``1000``, ``4th`` -> ``4``, ``four`` -> ``4``)."""
-    text = _SPACED_NUMBER.sub(r"\1", _ORDINAL.sub(r"\1", _CITATION.sub(" ", text)))  # "23 , 768" -> "23,768"; "5 . 7" -> "5.7"
-    out = set()
-    for m in _NUMBER.findall(text):
-        v = m.replace(",", "")
-        if "." in v:
-            v = v.rstrip("0").rstrip(".")
-        out.add(_LEADING_ZEROS.sub("", v))  # "08" in "2:21:08" is the 8 of "8 seconds"; "0.5" stays
+    text = _numeric_text(text)
+    out = {_number_value(m) for m in _NUMBER.findall(text)}
     for t in tokens(text):
         if t in _NUMBER_WORDS:
             out.add(_NUMBER_WORDS[t])
+    return out
+
+
+def number_units(text: str) -> dict[str, set[str]]:
+    """Each written number under its unit, the first two content words within four words after it: "winds of 148
+    kilometres per hour" -> {"kilomet per": {"148"}}; "410 daily trains" and "140,000 daily commuters" differ."""
+    text = _numeric_text(text)
+    out: dict[str, set[str]] = {}
+    for m in _NUMBER.finditer(text):
+        unit = []
+        for t in tokens(text[m.end():m.end() + 64])[:4]:
+            if t[0].isdigit():
+                break
+            if t not in STOPWORDS and len(t) > 1:
+                unit.append(_stem(t))
+                if len(unit) == 2:
+                    break
+        if unit:
+            out.setdefault(" ".join(unit), set()).add(_number_value(m.group()))
     return out
 
 
@@ -314,6 +371,9 @@ class ClaimEvidence:
     novel_generic: list[str] = field(default_factory=list)   # generic words ("popular", "originally") found nowhere
     ordered_pair_cover: float = 1.0  # share of adjacent known-word pairs found in that order in a context sentence
     bigram_cover: float = 1.0        # share of the claim's word bigrams (function words kept) found in a context
+    number_conflicts: list[str] = field(default_factory=list)  # "95 kilometr/148": a number its best sentence gives otherwise
+    speaker_conflicts: list[str] = field(default_factory=list)  # "amarh/salcombe": words given to another speaker
+    absolute: list[str] = field(default_factory=list)  # "all", "every" ... that the best sentence's window does not say
     n_terms: int = 0
 
     @property
@@ -342,6 +402,7 @@ class Evidence:
         self.stems = set(content_stems(joined, generic=True)) if capped else set().union(*self.sentence_stems)
         self.given = set(content_stems(extra, generic=True)) - self.stems  # the question: neither support nor novel
         self.numbers = numbers(joined)
+        self.lowered = " ".join(joined.split()).casefold()
         self.proper = {w.lower() for w in _PROPER.findall(joined)} - STOPWORDS
         self.pairs: set[tuple[str, str]] = set()
         self.ordered_pairs: set[tuple[str, str]] = set()
@@ -461,8 +522,28 @@ class Evidence:
             bigrams = [b for b in pairwise(words) if b[0] not in self.given_words or b[1] not in self.given_words]
             ev.bigram_cover = sum(b in self.bigrams for b in bigrams) / len(bigrams) if bigrams else 1.0
             best_words = tokens(best_text)
-            ev.negation_mismatch = bool(best_text) and (any(w in NEGATIONS for w in words)
-                                                        != any(w in NEGATIONS for w in best_words))
+            # a quotation the contexts give word for word is the source's own words: its "not" is no cue
+            said = _QUOTED.sub(lambda m: " " if " ".join(m.group(1).split()).casefold() in self.lowered else m.group(0),
+                               claim)
+            ev.negation_mismatch = bool(best_text) and (any(w in _NEGATION_CUES for w in tokens(said))
+                                                        != any(w in _NEGATION_CUES for w in best_words))
+            if claim_numbers and best_text:
+                # "winds of 95 kilometres per hour" against "winds of up to 148 kilometres per hour": the same unit
+                # with another number in the best sentence, and the claim's number nowhere near it
+                best_units = number_units(best_text)
+                ev.number_conflicts = [f"{n} {u}/{'/'.join(sorted(best_units[u]))}"
+                                       for u, ns in number_units(claim).items() if u in best_units
+                                       for n in sorted(ns) if n not in best_numbers and n not in best_units[u]]
+            window_words = set().union(*(tokens(self.sentences[k]) for k in window))
+            ev.absolute = sorted(set(words) & _ABSOLUTE - window_words)
+            # names the contexts capitalise mid-sentence only: "Help announced ..." opens a sentence, it is nobody
+            claim_speakers = speakers(claim) & self.proper if best_text else set()
+            if claim_speakers:
+                # "Daniel Amarh said the deal ..." where the best sentence has "Ingrid Salcombe ... said the deal":
+                # the words belong to someone else, and the claim's speaker is not in that sentence
+                others = (speakers(best_text) & self.proper) - claim_speakers
+                ev.speaker_conflicts = [f"{c}/{o}" for c in sorted(claim_speakers) if c not in best_words
+                                        for o in sorted(others)]
             claim_stems = {_stem(w) for w in words}
             # the opposite word must be in the best sentence itself (like the negation): "last year's winner" is no
             # opposite of "her first victory" in the sentence next to it; the claim's own word must be absent from

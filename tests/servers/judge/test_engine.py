@@ -11,7 +11,7 @@ import pytest
 from core.llm import OpenAICompatibleBackend
 from core.settings import ModelEndpoint
 from servers.judge.engine import JudgeEngine, claim_support, claim_threshold
-from servers.judge.evidence import numbers, split_claims
+from servers.judge.evidence import number_units, numbers, speakers, split_claims
 from servers.judge.rubrics import RUBRIC_DIR, RUBRICS, load_rubric
 from servers.judge.schemas import (
     ContextCritique,
@@ -428,3 +428,81 @@ def test_without_qualifies_rather_than_negates(judge):
     """'without downtime' in the context does not make a plain paraphrase of the same sentence a negation."""
     res = judge.judge_faithfulness("Create a second key, deploy it, then revoke the old key.", [KEYS])
     assert [c.status for c in res.claims] == ["supported"]
+
+
+STORM = ("Storm Isolde brought winds of up to 148 kilometres per hour to the Carrow coast on Sunday, flooding more than "
+         "600 homes. About 52,000 properties lost power. Crewe said only 12 of the usual 410 daily trains ran, "
+         "stranding an estimated 140,000 daily commuters. Forecasters expect a second, weaker storm on Thursday, "
+         "with winds of up to 95 kilometres per hour.")
+
+
+def test_numbers_are_read_with_their_unit():
+    assert number_units("winds of up to 148 kilometres per hour") == {"kilomet per": {"148"}}
+    units = number_units("only 12 of the usual 410 daily trains ran, stranding 140,000 daily commuters")
+    assert units == {"usual": {"12"}, "daili train": {"410"}, "daili commut": {"140000"}}
+
+
+def test_a_number_the_best_sentence_gives_otherwise_for_the_same_thing_is_contradicted(judge):
+    """95 km/h is in the text (the second storm), but the sentence the claim is about says 148 km/h."""
+    right = "Storm Isolde brought winds of up to 148 kilometres per hour to the Carrow coast, flooding 600 homes."
+    assert [c.status for c in judge.judge_faithfulness(right, [STORM]).claims] == ["supported"]
+    wrong = judge.judge_faithfulness(right.replace("148", "95"), [STORM])
+    assert [c.status for c in wrong.claims] == ["contradicted"] and wrong.verdict == "unfaithful"
+    assert any("95 kilomet per/148" in cue for cue in wrong.claims[0].cues)
+    # the same word after two numbers ("410 daily trains", "140,000 daily commuters") is not the same unit
+    (ev,), _ = judge.evidence("Only 12 of the usual 410 daily trains ran, stranding 140,000 daily commuters.", [STORM])
+    assert ev.number_conflicts == []
+
+
+MERGER = ("Torvane agreed on Monday to buy the meter maker Quenby for 240 million pounds. Ingrid Salcombe, Torvane's "
+          "chief executive, said the deal would give the company a foothold in precision metering. Finance director "
+          "Daniel Amarh said the purchase would be paid for in cash. Quenby employs 900 people in Lessing. The "
+          "takeover still needs the approval of the competition authority. Quenby's founders will keep a seat on the "
+          "board.")
+
+
+def test_words_the_contexts_give_to_another_speaker_are_contradicted(judge):
+    right = "Chief executive Ingrid Salcombe said the deal would give Torvane a foothold in precision metering."
+    assert judge.judge_faithfulness(right, [MERGER]).verdict == "faithful"
+    wrong = judge.judge_faithfulness(right.replace("Ingrid Salcombe", "Daniel Amarh"), [MERGER])
+    assert [c.status for c in wrong.claims] == ["contradicted"]
+    assert any("amarh/salcombe" in cue for cue in wrong.claims[0].cues)
+    # a pronoun is nobody in particular, and a capitalised word opening a sentence is not a speaker
+    (ev,), _ = judge.evidence("He said the purchase would be paid for in cash.", [MERGER])
+    assert ev.speaker_conflicts == []
+    assert speakers("He said so. \"It is late,\" said Anders Mwangi, the president.") == {"mwangi"}
+    ctx = [("Joel Ferreira speaks for the opposition. Help announced in September and paid in December comes too late "
+            "for many, he said.")]
+    (ev,), _ = judge.evidence("Joel Ferreira says help paid in December will come too late for many.", ctx)
+    assert "Help" in ev.sentence and ev.speaker_conflicts == []
+
+
+def test_absolute_wording_needs_evidence_that_says_so(judge):
+    ctx = ["Some households in the northern districts will lose their water supply for up to six hours at a time."]
+    some = judge.judge_faithfulness("Some households in the northern districts will lose water for up to six hours.", ctx)
+    assert some.verdict == "faithful"
+    every = judge.judge_faithfulness("Every household in the northern districts will lose water for up to six hours.",
+                                     ctx)
+    assert every.verdict == "unfaithful" and every.claims[0].status != "supported"
+    assert any("every" in cue for cue in every.claims[0].cues)
+
+
+def test_won_is_a_verb_and_a_quoted_not_is_the_sources_own_words(judge):
+    (ev,), _ = judge.evidence("Eastholm beat Pellham 3-2 in the final.",
+                              ["Eastholm won the Shield on Saturday, beating Pellham 3-2 in the final."])
+    assert not ev.negation_mismatch
+    ctx = ["The federation had asked for 400 million crowns. It called the package \"a start, not a solution\"."]
+    evs, _ = judge.evidence("The federation had asked for 400 million crowns and called the package "
+                            "\"a start, not a solution\".", ctx)
+    assert evs and not any(ev.negation_mismatch for ev in evs)
+    assert all(c.status != "contradicted" for c in judge.judge_faithfulness(
+        "The federation had asked for 400 million crowns and called the package \"a start, not a solution\".",
+        ctx).claims)
+
+
+@pytest.mark.parametrize("claim", ["Quillmark's shares rose 11 percent on Wednesday.",
+                                   "Production will move to its smaller plant in Marrow Bay."])
+def test_rose_and_fell_larger_and_smaller_are_opposites(judge, claim):
+    ctx = [("Shares in Quillmark fell 11 percent on Wednesday. Production will move to the company's larger plant in "
+            "Marrow Bay.")]
+    assert judge.judge_faithfulness(claim, ctx).claims[0].status == "contradicted"
