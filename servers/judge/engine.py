@@ -572,7 +572,7 @@ class JudgeEngine:
     def _contradictions(evidence: Evidence, vecs: np.ndarray, min_cos: float, limit: int = 10) -> list[Contradiction]:
         """Sentence pairs from different contexts about the same thing (cosine >= ``min_cos``) that disagree
         on a number or date, a negation or an antonym."""
-        from servers.judge.evidence import ANTONYMS, NEGATIONS
+        from servers.judge.evidence import ANTONYMS, NEGATION_CUES
 
         owners = np.asarray(evidence.owner)
         if len(set(evidence.owner)) < 2:
@@ -588,7 +588,7 @@ class JudgeEngine:
                 cue = None
                 if na and nb and na != nb and not (na & nb and (na <= nb or nb <= na)):
                     cue = f"numbers differ: {', '.join(sorted(na - nb))} vs {', '.join(sorted(nb - na))}"
-                elif bool(ta & NEGATIONS) != bool(tb & NEGATIONS):
+                elif bool(ta & NEGATION_CUES) != bool(tb & NEGATION_CUES):
                     cue = "one negates what the other states"
                 else:
                     for s in sa - sb:

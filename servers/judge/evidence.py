@@ -61,7 +61,7 @@ _ABSOLUTE = frozenset({"all", "every", "entire", "entirely", "always", "complete
                        "everyone", "everybody", "everything"})
 
 #: negation words as cues: "won't" and "don't" are tokenised "won" "t" / "don" "t", and "won" alone is a verb
-_NEGATION_CUES = NEGATIONS - {"won", "don"}
+NEGATION_CUES = NEGATIONS - {"won", "don"}
 
 #: antonym pairs (stems); a claim using one where its best sentence uses the other is a contradiction cue
 _ANTONYMS = [("larg", "small"), ("largest", "smallest"), ("big", "small"), ("biggest", "smallest"),
@@ -525,8 +525,8 @@ class Evidence:
             # a quotation the contexts give word for word is the source's own words: its "not" is no cue
             said = _QUOTED.sub(lambda m: " " if " ".join(m.group(1).split()).casefold() in self.lowered else m.group(0),
                                claim)
-            ev.negation_mismatch = bool(best_text) and (any(w in _NEGATION_CUES for w in tokens(said))
-                                                        != any(w in _NEGATION_CUES for w in best_words))
+            ev.negation_mismatch = bool(best_text) and (any(w in NEGATION_CUES for w in tokens(said))
+                                                        != any(w in NEGATION_CUES for w in best_words))
             if claim_numbers and best_text:
                 # "winds of 95 kilometres per hour" against "winds of up to 148 kilometres per hour": the same unit
                 # with another number in the best sentence, and the claim's number nowhere near it

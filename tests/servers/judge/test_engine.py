@@ -506,3 +506,13 @@ def test_rose_and_fell_larger_and_smaller_are_opposites(judge, claim):
     ctx = [("Shares in Quillmark fell 11 percent on Wednesday. Production will move to the company's larger plant in "
             "Marrow Bay.")]
     assert judge.judge_faithfulness(claim, ctx).claims[0].status == "contradicted"
+
+
+def test_contexts_that_both_report_a_win_do_not_contradict_each_other(judge):
+    q = "Who won the Marlow Shield?"
+    agree = judge.critique_context(q, ["Eastholm Rovers won the Marlow Shield on Saturday in Brantwood.",
+                                       "Eastholm Rovers took the Marlow Shield on Saturday in Brantwood."])
+    assert agree.contradictions == []
+    disagree = judge.critique_context(q, ["Eastholm Rovers won the Marlow Shield on Saturday in Brantwood.",
+                                          "Eastholm Rovers did not take the Marlow Shield on Saturday in Brantwood."])
+    assert [c.cue for c in disagree.contradictions] == ["one negates what the other states"]
