@@ -281,7 +281,14 @@ def long_form_check(engine: JudgeEngine, path: Path, console: Console) -> dict:
                 "faithful_judged_faithful": f"{int(((pred == 0) & (y == 0)).sum())}/{int((y == 0).sum())}",
                 "unfaithful_caught": f"{int(((pred == 1) & (y == 1)).sum())}/{int((y == 1).sum())}"}
 
-    out = {"records": len(lf), "documents": len(set(docs)),
+    # what the rubric in use catches, by the kind of edit (meta.kind; the first 8 documents record none)
+    kinds: dict[str, list[int]] = {}
+    for r, pred in zip(lf, in_use):
+        kind = ("faithful (judged faithful)" if not r["hallucinated"]
+                else (r.get("meta") or {}).get("kind") or "unlabelled")
+        kinds.setdefault(kind, []).append(int(pred == r["hallucinated"]))
+    by_kind = {k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())}
+    out = {"records": len(lf), "documents": len(set(docs)), "rubric_in_use_by_kind": by_kind,
            "protocol": "leave-one-document-out: the long-form claim threshold maximising balanced accuracy on the "
                        "other documents (grid 0.0-2.2 by 0.1); the weights are the dev-set ones",
            "dev_threshold_only": row(dev_only), "rubric_in_use_in_sample": row(in_use),
@@ -296,6 +303,8 @@ def long_form_check(engine: JudgeEngine, path: Path, console: Console) -> dict:
         table.add_row(name, f"{r['balanced_accuracy']:.3f}", r["faithful_judged_faithful"], r["unfaithful_caught"])
     console.print(table)
     console.print(f"long-form thresholds chosen per fold: {chosen}")
+    console.print("rubric in use, right verdicts by kind of edit (a number, b entity swap, c reversal, d added "
+                  f"sentence, e overstated qualifier): {by_kind}")
     return out
 
 
