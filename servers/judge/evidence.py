@@ -117,10 +117,12 @@ _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
 _SPEECH = (r"(?:said|says|told|tells|warned|warns|argued|argues|added|adds|noted|notes|stated|states|announced|"
            r"insisted|claimed|claims|urged|urges|accused|accuses|described|praised|criticised|criticized|blamed|"
            r"explained|conceded|admitted|acknowledged|predicted|wrote|called|calls)")
-_NAME = r"((?:[A-Z][a-z'’-]+|[A-Z]\.)(?:\s+(?:[A-Z][a-z'’-]+|[A-Z]\.))*)"
-#: who says what: "Ingrid Salcombe, the chief executive, said", "said Anders Mwangi", "according to Dr Ray"
-_SPEAKER = re.compile(_NAME + r"(?:\s*,[^,.;]{1,80},)?\s+" + _SPEECH + r"\b|\b" + _SPEECH + r"\s+" + _NAME
-                      + r"|\b[Aa]ccording to " + _NAME)
+_NAME = r"((?:[A-Z][a-z'’-]+\.?|[A-Z]\.)(?:\s+(?:[A-Z][a-z'’-]+\.?|[A-Z]\.))*)"  # "Dr. Helen Ray", "J. Smith"
+#: who says what: "Ingrid Salcombe, the chief executive, said", "said Anders Mwangi", "according to Dr Ray"; the
+#: verbs are found first and the name looked for next to each, so a long run of capitalised words costs linear time
+_SPEECH_VERB = re.compile(r"\b" + _SPEECH + r"\b|\b[Aa]ccording to\b")
+_NAME_BEFORE = re.compile(_NAME + r"(?:\s*,[^,.;]{1,80},)?\s+$")
+_NAME_AFTER = re.compile(r"\s+" + _NAME)
 _QUOTED = re.compile(r"[\"“”]([^\"“”]{3,200})[\"“”]")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}s?\b")  # "NASA", "BBC", "NGOs"
 _PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
@@ -209,11 +211,15 @@ def speakers(text: str) -> set[str]:
     """The people ``text`` quotes or reports, by their last name (lower case): "Peter Lund called it" -> {"lund"}.
     Pronouns ("He said") are nobody in particular."""
     out = set()
-    for m in _SPEAKER.finditer(text):
-        name = next(g for g in m.groups() if g)
-        last = name.split()[-1].lower()
-        if last not in STOPWORDS and len(last) > 2:
-            out.add(last)
+    for verb in _SPEECH_VERB.finditer(text):
+        names = [_NAME_AFTER.match(text, verb.end())]
+        if not verb.group().lower().startswith("according"):
+            names.append(_NAME_BEFORE.search(text, max(0, verb.start() - 160), verb.start()))
+        for m in names:
+            if m:
+                last = m.group(1).split()[-1].strip(".").lower()
+                if last not in STOPWORDS and len(last) > 2:
+                    out.add(last)
     return out
 
 

@@ -471,6 +471,7 @@ def test_words_the_contexts_give_to_another_speaker_are_contradicted(judge):
     (ev,), _ = judge.evidence("He said the purchase would be paid for in cash.", [MERGER])
     assert ev.speaker_conflicts == []
     assert speakers("He said so. \"It is late,\" said Anders Mwangi, the president.") == {"mwangi"}
+    assert speakers("According to Dr. Helen Ray, the plan works; J. Smith, an engineer, disagreed.") == {"ray"}
     ctx = [("Joel Ferreira speaks for the opposition. Help announced in September and paid in December comes too late "
             "for many, he said.")]
     (ev,), _ = judge.evidence("Joel Ferreira says help paid in December will come too late for many.", ctx)
