@@ -21,7 +21,7 @@
   unsupported sentence added). The dev set has no long documents (its README says so). The weights are never fitted
   on it; only the rubric's long-form claim threshold is, so it is reported out-of-fold (leave one document out), next
   to the dev-set threshold alone. The judge's long-form rules were developed while reading its errors, so it is a
-  development set; ``bench/data/summaries_heldout.jsonl`` (8 more documents, written apart and read only after the
+  development set; ``bench/data/summaries_heldout.jsonl`` (16 more documents, written apart and read only after the
   rules were frozen) is judged once with the rubric in use, against the two baselines with their thresholds chosen
   on the development set.
 - **Latency** of ``judge_faithfulness`` in process: p50/p95 on dev records, and on the acceptance case (an answer
