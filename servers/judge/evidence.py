@@ -377,7 +377,7 @@ class ClaimEvidence:
     novel_generic: list[str] = field(default_factory=list)   # generic words ("popular", "originally") found nowhere
     ordered_pair_cover: float = 1.0  # share of adjacent known-word pairs found in that order in a context sentence
     bigram_cover: float = 1.0        # share of the claim's word bigrams (function words kept) found in a context
-    number_conflicts: list[str] = field(default_factory=list)  # "95 kilometr/148": a number its best sentence gives otherwise
+    number_conflicts: list[str] = field(default_factory=list)  # "95 kilomet per/148": its best sentence says otherwise
     speaker_conflicts: list[str] = field(default_factory=list)  # "amarh/salcombe": words given to another speaker
     absolute: list[str] = field(default_factory=list)  # "all", "every" ... that the best sentence's window does not say
     n_terms: int = 0
