@@ -202,6 +202,13 @@ def cv_single(scores, labels, sources, groups, k) -> np.ndarray:
     return oof
 
 
+def verdict_row(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Balanced accuracy and the two counts a reader checks: faithful answers let through, unfaithful ones caught."""
+    return {"balanced_accuracy": round(balanced_accuracy(y, pred), 4),
+            "faithful_judged_faithful": f"{int(((pred == 0) & (y == 0)).sum())}/{int((y == 0).sum())}",
+            "unfaithful_caught": f"{int(((pred == 1) & (y == 1)).sum())}/{int((y == 1).sum())}"}
+
+
 def baseline_scores(emb, r: dict) -> tuple[float, float]:
     """The two baselines' scores of one record: answer-context token overlap (share of the answer's content words
     found in the context) and best-sentence embedding cosine."""
@@ -234,9 +241,7 @@ def held_out_check(engine: JudgeEngine, dev_path: Path, path: Path, console: Con
     for c in ("judge", "balanced accuracy", "faithful judged faithful", "unfaithful caught"):
         table.add_column(c)
     for name, pred in preds.items():
-        out[name] = {"balanced_accuracy": round(balanced_accuracy(y, pred), 4),
-                     "faithful_judged_faithful": f"{int(((pred == 0) & (y == 0)).sum())}/{int((y == 0).sum())}",
-                     "unfaithful_caught": f"{int(((pred == 1) & (y == 1)).sum())}/{int((y == 1).sum())}"}
+        out[name] = verdict_row(y, pred)
         table.add_row(name, f"{out[name]['balanced_accuracy']:.3f}", out[name]["faithful_judged_faithful"],
                       out[name]["unfaithful_caught"])
     console.print(table)
@@ -276,11 +281,6 @@ def long_form_check(engine: JudgeEngine, path: Path, console: Console) -> dict:
         chosen.append(best)
         oof[~train] = by_t[best][~train]
 
-    def row(pred: np.ndarray) -> dict:
-        return {"balanced_accuracy": round(balanced_accuracy(y, pred), 4),
-                "faithful_judged_faithful": f"{int(((pred == 0) & (y == 0)).sum())}/{int((y == 0).sum())}",
-                "unfaithful_caught": f"{int(((pred == 1) & (y == 1)).sum())}/{int((y == 1).sum())}"}
-
     # what the rubric in use catches, by the kind of edit (meta.kind; the first 8 documents record none)
     kinds: dict[str, list[int]] = {}
     for r, pred in zip(lf, in_use):
@@ -291,8 +291,8 @@ def long_form_check(engine: JudgeEngine, path: Path, console: Console) -> dict:
     out = {"records": len(lf), "documents": len(set(docs)), "rubric_in_use_by_kind": by_kind,
            "protocol": "leave-one-document-out: the long-form claim threshold maximising balanced accuracy on the "
                        "other documents (grid 0.0-2.2 by 0.1); the weights are the dev-set ones",
-           "dev_threshold_only": row(dev_only), "rubric_in_use_in_sample": row(in_use),
-           "leave_one_document_out": row(oof), "fold_thresholds": chosen}
+           "dev_threshold_only": verdict_row(y, dev_only), "rubric_in_use_in_sample": verdict_row(y, in_use),
+           "leave_one_document_out": verdict_row(y, oof), "fold_thresholds": chosen}
     table = Table(title=f"Long-form check ({path.name}: {len(set(docs))} documents, {len(lf)} summaries)")
     for c in ("claim threshold", "balanced accuracy", "faithful judged faithful", "unfaithful caught"):
         table.add_column(c)
