@@ -172,8 +172,10 @@ def claim_threshold(w: dict[str, Any], contexts: Sequence[str]) -> float:
 
 def hard_contradiction(ev: ClaimEvidence, context_numbers: set[str] | frozenset[str] = frozenset()) -> bool:
     """A claim that uses the opposite word of its best sentence ("last" for "first"), states a number or date
-    that no context gives while the contexts do give numbers, or negates a sentence that holds every one of its
-    terms ("keys never expire" against "keys expire after 90 days") is contradicted whatever its other evidence."""
+    that no context gives while the contexts do give numbers, gives another number than its best sentence for the
+    same unit ("95 kilometres per hour" for 148), puts its best sentence's words in another speaker's mouth, or
+    negates a sentence that holds every one of its terms ("keys never expire" against "keys expire after 90 days")
+    is contradicted whatever its other evidence."""
     return (bool(ev.antonyms) or bool(ev.bad_numbers and (context_numbers or numbers(ev.sentence or "")))
             or bool(ev.number_conflicts) or bool(ev.speaker_conflicts) or _negation_flip(ev))
 
