@@ -61,9 +61,9 @@ from servers.judge.schemas import (
     SafetyResult,
 )
 
-__all__ = ["EMBED_ALL_UPTO", "MAX_ANSWER_CHARS", "MAX_CONTEXTS", "MAX_CONTEXT_CHARS", "MAX_SENTENCES", "PENALTIES",
-           "PREFILTER_K", "VECTOR_CACHE", "JudgeEngine", "VectorCache", "claim_features", "claim_support",
-           "hard_contradiction", "never_supported"]
+__all__ = ["EMBED_ALL_UPTO", "LONG_FORM_NOTE", "MAX_ANSWER_CHARS", "MAX_CONTEXTS", "MAX_CONTEXT_CHARS", "MAX_SENTENCES",
+           "PENALTIES", "PREFILTER_K", "VECTOR_CACHE", "JudgeEngine", "VectorCache", "claim_features", "claim_support",
+           "claim_threshold", "hard_contradiction", "long_form", "never_supported"]
 
 log = logging.getLogger("guardrag.judge")
 M = TypeVar("M", bound=BaseModel)
@@ -152,22 +152,35 @@ def claim_support(ev: ClaimEvidence, w: dict[str, float]) -> float:
     return s if math.isfinite(s) else -1e9
 
 
-def claim_threshold(w: dict[str, Any], contexts: Sequence[str]) -> float:
-    """The claim threshold of the rubric's ``[offline]`` table ``w`` for these contexts: ``long_form_claim_threshold``
-    when they hold at least ``long_form_min_sentences`` sentences in all, else ``claim_threshold``.
-
-    The main threshold is fitted on answers to evidence of one to five sentences, mostly near-copies of it; an answer
-    that condenses a long text paraphrases and fuses sentences, which the lexical cues read as unsupported."""
-    base = float(w.get("claim_threshold", 0.5))
+def long_form(w: dict[str, Any], contexts: Sequence[str]) -> bool:
+    """Whether the rubric's ``[offline]`` table ``w`` treats these contexts as long evidence: at least
+    ``long_form_min_sentences`` sentences in all (False for a rubric without the rule)."""
     need = w.get("long_form_min_sentences")
     if need is None or "long_form_claim_threshold" not in w:
-        return base
+        return False
     seen = 0
     for c in contexts:
         seen += len(split_sentences(c))
         if seen >= int(need):
-            return float(w["long_form_claim_threshold"])
-    return base
+            return True
+    return False
+
+
+def claim_threshold(w: dict[str, Any], contexts: Sequence[str], *, long: bool | None = None) -> float:
+    """The claim threshold of the rubric's ``[offline]`` table ``w`` for these contexts: ``long_form_claim_threshold``
+    for long evidence (:func:`long_form`, or ``long`` when the caller already knows), else ``claim_threshold``.
+
+    The main threshold is fitted on answers to evidence of one to five sentences, mostly near-copies of it; an answer
+    that condenses a long text paraphrases and fuses sentences, which the lexical cues read as unsupported."""
+    if long is None:
+        long = long_form(w, contexts)
+    return float(w["long_form_claim_threshold"]) if long else float(w.get("claim_threshold", 0.5))
+
+
+LONG_FORM_NOTE = ("long evidence: the offline judge is weak on long documents (little better than chance on a "
+                  "held-out set of summaries, see the README); configure a model backend before relying on this "
+                  "verdict")
+"""Appended to the offline faithfulness reason when the contexts are long evidence (:func:`long_form`)."""
 
 
 def hard_contradiction(ev: ClaimEvidence, context_numbers: set[str] | frozenset[str] = frozenset()) -> bool:
@@ -405,7 +418,8 @@ class JudgeEngine:
         evidence_numbers = numbers("\n".join(contexts))
         folded_contexts = [fold(c) for c in contexts]
         claims = []
-        cut = claim_threshold(w, contexts)
+        long = long_form(w, contexts)
+        cut = claim_threshold(w, contexts, long=long)
         for ev in evs:
             s = claim_support(ev, w)
             margin = s - cut
@@ -423,16 +437,20 @@ class JudgeEngine:
             claims.append(ClaimVerdict(claim=ev.claim, status=status,
                                        support=_finite(round(_sigmoid(8.0 * margin), 4)),
                                        context_index=ev.context_index, sentence=ev.sentence, cues=_cues(ev)))
-        result = self._faithfulness(claims, skipped, threshold, "")
+        result = self._faithfulness(claims, skipped, threshold, "", note=LONG_FORM_NOTE if long else "")
         run = self._run(rubric, inputs, started, backend=OFFLINE, model=self._offline_model(), failures=failures,
                         truncated=truncated)
         return FaithfulnessResult(**result, run=run)
 
     @staticmethod
-    def _faithfulness(claims: list[ClaimVerdict], skipped: list[str], threshold: float, why: str) -> dict[str, Any]:
+    def _faithfulness(claims: list[ClaimVerdict], skipped: list[str], threshold: float, why: str,
+                      note: str = "") -> dict[str, Any]:
+        """The result fields from the claim verdicts; ``why`` (a model's reason) replaces the offline count, and
+        ``note`` is appended to either."""
         if not claims:
+            reason = why or "no checkable claim: nothing in the answer asserts a fact to verify"
             return {"score": 1.0, "verdict": "faithful", "threshold": threshold, "claims": [], "skipped": skipped,
-                    "reason": why or "no checkable claim: nothing in the answer asserts a fact to verify"}
+                    "reason": f"{reason}; {note}" if note else reason}
         supported = sum(c.status == "supported" for c in claims)
         contradicted = sum(c.status == "contradicted" for c in claims)
         score = _finite(supported / len(claims))
@@ -441,6 +459,8 @@ class JudgeEngine:
                          + (f", {contradicted} contradicted" if contradicted else "")
                          + (f", {len(claims) - supported - contradicted} unsupported"
                             if len(claims) - supported - contradicted else ""))
+        if note:
+            reason = f"{reason}; {note}"
         return {"score": round(score, 4), "verdict": "faithful" if faithful else "unfaithful", "threshold": threshold,
                 "claims": claims, "skipped": skipped, "reason": reason}
 

@@ -10,7 +10,12 @@ import pytest
 
 from core.llm import OpenAICompatibleBackend
 from core.settings import ModelEndpoint
-from servers.judge.engine import JudgeEngine, claim_support, claim_threshold
+from servers.judge.engine import (
+    LONG_FORM_NOTE,
+    JudgeEngine,
+    claim_support,
+    claim_threshold,
+)
 from servers.judge.evidence import number_units, numbers, speakers, split_claims
 from servers.judge.rubrics import RUBRIC_DIR, RUBRICS, load_rubric
 from servers.judge.schemas import (
@@ -108,6 +113,15 @@ def test_long_evidence_uses_the_long_form_threshold():
     assert claim_threshold(w, [SOLAR.split(". Shareholders")[0]]) == 2.0  # 4 sentences
     assert claim_threshold(w, ["One. Two. Three.", "Four. Five.", "Six."]) == 1.3  # counted over all contexts
     assert claim_threshold({"claim_threshold": 2.0}, [SOLAR]) == 2.0   # a rubric without the rule
+
+
+def test_an_offline_verdict_on_long_evidence_says_it_is_weak_there(judge):
+    long = judge.judge_faithfulness(SOLAR_SUMMARY, [SOLAR])
+    assert long.run.backend == "offline-evidence" and long.reason.endswith(LONG_FORM_NOTE)
+    assert long.reason.startswith("4 of 4 claims supported")  # the count stays first
+    short = judge.judge_faithfulness("The farm has 2,400 panels on a former gravel pit.",
+                                     [SOLAR.split(". Shareholders")[0]])  # 4 sentences: not long
+    assert short.verdict == "faithful" and LONG_FORM_NOTE not in short.reason
 
 
 def test_an_abstractive_summary_of_a_long_text_is_faithful_and_one_wrong_fact_is_caught(judge):
