@@ -35,7 +35,8 @@ from pydantic import BaseModel
 from core.llm import ChatBackend, Completion, LLMError, backends_from_settings
 from core.settings import Settings, get_settings
 from servers.judge.evidence import (
-    NEGATIONS,
+    ANTONYMS,
+    NEGATION_CUES,
     ClaimEvidence,
     Evidence,
     content_stems,
@@ -199,9 +200,8 @@ def never_supported(ev: ClaimEvidence) -> bool:
     return bool(ev.novel_entities or ev.absolute)
 
 
-# "without downtime" qualifies, it does not negate the statement; "won" and "don" are also words ("he won",
-# "Don"): the "t" of "won't" / "don't" marks those negations.
-_PREDICATE_NEGATIONS = NEGATIONS - {"without", "won", "don"}
+# "without downtime" qualifies, it does not negate the statement (NEGATION_CUES already leaves out "won" and "don")
+_PREDICATE_NEGATIONS = NEGATION_CUES - {"without"}
 _PERSONAL = frozenset("i me my mine we us our you your".split())
 
 
@@ -594,8 +594,6 @@ class JudgeEngine:
     def _contradictions(evidence: Evidence, vecs: np.ndarray, min_cos: float, limit: int = 10) -> list[Contradiction]:
         """Sentence pairs from different contexts about the same thing (cosine >= ``min_cos``) that disagree
         on a number or date, a negation or an antonym."""
-        from servers.judge.evidence import ANTONYMS, NEGATION_CUES
-
         owners = np.asarray(evidence.owner)
         if len(set(evidence.owner)) < 2:
             return []
